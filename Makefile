@@ -1,0 +1,46 @@
+# Ark — make targets are the entry points. See README.md.
+SHELL := /usr/bin/env bash
+GO ?= go
+PKGS := ./...
+BIN := bin/ark
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: all build test test-unit lint fmt bench demo fuzz clean
+
+all: build
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ark
+
+## test: every test, with the race detector, plus lint (what CI runs)
+test: lint
+	$(GO) test -race -count=1 $(PKGS)
+
+## test-unit: the fast inner loop
+test-unit:
+	$(GO) test -count=1 ./event/... ./graph/... ./xid/...
+
+lint:
+	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { gofmt -l .; echo "gofmt: files above need formatting (make fmt)"; exit 1; }
+	$(GO) vet $(PKGS)
+	"$$(hack/tools.sh golangci-lint)" run $(PKGS)
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+## bench: the performance claims, on one core
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem -cpu 1 -benchtime 2s ./event/ ./graph/
+
+## fuzz: run the decoder fuzzer for a while (FUZZTIME=2m)
+FUZZTIME ?= 60s
+fuzz:
+	$(GO) test ./event -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
+
+## demo: Ark's main job on the shipped incident recording
+demo: build
+	./$(BIN) analyze --input testdata/scenarios/xid79-4node.jsonl --job train/example
+
+clean:
+	rm -rf bin

@@ -1,0 +1,566 @@
+package graph
+
+import (
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/ark-gpu/ark/event"
+	"github.com/ark-gpu/ark/xid"
+)
+
+// errInfo is what an error node knows about its fault.
+type errInfo struct {
+	typ      event.Type
+	xid      int
+	weight   float64
+	action   string // the XID catalog's immediate action, or ""
+	mnemonic string
+	sympath  bool // NVIDIA calls this code sympathetic to another error
+	summary  string
+	count    int
+	onset    int64   // first event
+	lastSeen int64   // latest event saying the fault is present
+	cleared  int64   // latest event saying it ended, 0 if none
+	downs    []int64 // link-down transitions, for flap detection
+	evidence []event.Event
+	on       *node // the resource or process it blocks
+}
+
+// sticky errors outlive the plain TTL: the device stays broken without
+// repeating itself.
+func (e *errInfo) sticky() bool { return e.weight >= 0.55 }
+
+func (g *Graph) apply(ev *event.Event) {
+	g.applied++
+	g.sinceGC++
+	ts := ev.TS
+	if ts > g.clock {
+		g.clock = ts
+	}
+	h := g.hostFor(ev.NodeID)
+	if h.node != nil {
+		g.touch(h.node, ts)
+	}
+	pid := ev.PID
+	if pid == 0 {
+		if p, ok := pidEntity(ev.EntityID); ok {
+			pid = p
+		}
+	}
+	var proc *node
+	if pid > 0 {
+		proc = g.process(h, pid, ts)
+		if ev.JobID != "" && ev.Type != event.IntentRun {
+			g.member(proc, ev.JobID, ts)
+		}
+	}
+
+	switch ev.Type {
+	case event.ComputeUtil, event.ComputeMem, event.TransportBW, event.StorageIOPS:
+		if proc == nil {
+			g.stats.Ignored++
+			return
+		}
+		r := g.resource(h, ev.EntityID, ts)
+		if r != proc {
+			g.use(proc, r, ts)
+		}
+	case event.TransportDrop:
+		if proc == nil {
+			g.stats.Ignored++
+			return
+		}
+		r := g.resource(h, ev.EntityID, ts)
+		n, _ := ev.Num()
+		if n > 0 {
+			if r != proc {
+				g.link(proc, r, WaitsOn, ts)
+				g.noteWait(r, ev)
+			}
+			if peer := ev.Attrs.Get(event.AttrPeer); peer != "" {
+				g.waitOnPeer(proc, peer, ts)
+			}
+		} else if r != proc {
+			g.use(proc, r, ts)
+		}
+	case event.StorageQDepth:
+		if proc == nil {
+			g.stats.Ignored++
+			return
+		}
+		r := g.resource(h, ev.EntityID, ts)
+		if r == proc {
+			return
+		}
+		if n, _ := ev.Num(); n > g.opts.QDepthThreshold {
+			g.link(proc, r, WaitsOn, ts)
+			g.noteWait(r, ev)
+		} else {
+			g.use(proc, r, ts)
+		}
+	case event.ProcessState:
+		if proc == nil {
+			g.stats.Ignored++
+			return
+		}
+		p := proc.proc
+		if ts >= p.stateTS {
+			p.state = strings.Clone(ev.Value)
+			p.stateTS = ts
+		}
+		if IsStuckState(ev.Value) && p.lastRes.alive() {
+			g.link(proc, p.lastRes, WaitsOn, ts)
+		}
+	case event.IntentRun:
+		if proc == nil || ev.JobID == "" {
+			g.stats.Ignored++
+			return
+		}
+		g.member(proc, ev.JobID, ts)
+		if r := ev.Attrs.Get(event.AttrRank); r != "" {
+			proc.proc.rank = strings.Clone(r)
+		}
+		if a := ev.Attrs.Get(event.AttrAddr); a != "" && a != proc.proc.addr {
+			if proc.proc.addr != "" {
+				g.unindexAddr(proc)
+			}
+			proc.proc.addr = strings.Clone(a)
+			g.indexAddr(proc)
+		}
+	case event.ErrorHW, event.ErrorNet, event.TopoLinkDown:
+		target := g.resource(h, ev.EntityID, ts)
+		if proc != nil && target != proc && target.kind == KindResource {
+			g.use(proc, target, ts)
+		}
+		g.fault(h, target, ev)
+	case event.ActionExec:
+		// Recorded (counted), no causal edge.
+	}
+}
+
+// IsStuckState reports whether a process.state value means the process is
+// not making progress.
+func IsStuckState(v string) bool {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "d", "stalled", "stuck", "hung":
+		return true
+	}
+	return false
+}
+
+func (g *Graph) use(proc, r *node, ts int64) {
+	g.link(proc, r, Consumes, ts)
+	if ts >= proc.proc.lastUsed {
+		proc.proc.lastRes = r
+		proc.proc.lastUsed = ts
+	}
+}
+
+func (g *Graph) member(proc *node, jobID string, ts int64) {
+	j := g.job(jobID, ts)
+	g.link(proc, j, MemberOf, ts)
+	if !proc.proc.job.alive() || proc.proc.job != j {
+		proc.proc.job = j
+	}
+}
+
+const maxWaitEvidence = 4
+
+func (g *Graph) noteWait(r *node, ev *event.Event) {
+	ri := r.res
+	if ri == nil {
+		return
+	}
+	ri.waitSeen++
+	if len(ri.waits) < maxWaitEvidence {
+		ri.waits = append(ri.waits, ev.Clone())
+		return
+	}
+	copy(ri.waits, ri.waits[1:])
+	ri.waits[len(ri.waits)-1] = ev.Clone()
+}
+
+// ---- cross-node edges ----
+
+func splitHost(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return strings.Trim(addr, "[]")
+}
+
+func (g *Graph) indexAddr(p *node) {
+	a := p.proc.addr
+	g.addrs[a] = append(g.addrs[a], p)
+	ip := splitHost(a)
+	g.ips[ip] = append(g.ips[ip], p)
+}
+
+func dropNode(s []*node, n *node) []*node {
+	for i, x := range s {
+		if x == n {
+			s[i] = s[len(s)-1]
+			s[len(s)-1] = nil
+			return s[:len(s)-1]
+		}
+	}
+	return s
+}
+
+func (g *Graph) unindexAddr(p *node) {
+	a := p.proc.addr
+	if s := dropNode(g.addrs[a], p); len(s) > 0 {
+		g.addrs[a] = s
+	} else {
+		delete(g.addrs, a)
+	}
+	ip := splitHost(a)
+	if s := dropNode(g.ips[ip], p); len(s) > 0 {
+		g.ips[ip] = s
+	} else {
+		delete(g.ips, ip)
+	}
+}
+
+// maxPeerFanout bounds the WaitsOn edges one peer address can create when it
+// only matches by ip.
+const maxPeerFanout = 16
+
+// waitOnPeer links proc to the rank(s) behind peer: the exact ip:port first,
+// else the ranks on that ip, the same job preferred.
+func (g *Graph) waitOnPeer(proc *node, peer string, ts int64) {
+	cands := g.addrs[peer]
+	if len(cands) == 0 {
+		cands = g.ips[splitHost(peer)]
+	}
+	if len(cands) == 0 {
+		g.stats.UnresolvedPeer++
+		return
+	}
+	job := proc.proc.job
+	sameJob := 0
+	if job.alive() {
+		for _, c := range cands {
+			if c.proc.job == job && c != proc {
+				sameJob++
+			}
+		}
+	}
+	n := 0
+	for _, c := range cands {
+		if c == proc || (sameJob > 0 && c.proc.job != job) {
+			continue
+		}
+		g.link(proc, c, WaitsOn, ts)
+		if n++; n >= maxPeerFanout {
+			break
+		}
+	}
+}
+
+// ---- faults ----
+
+// errorKey names the fault an event reports, so repeats fold into one node.
+func errorKey(ev *event.Event) string {
+	if x := ev.Attrs.Get(event.AttrXID); x != "" {
+		return "xid-" + x
+	}
+	if ev.Type == event.TopoLinkDown {
+		return "link-down"
+	}
+	if r := ev.Attrs.Get(event.AttrReason); r != "" {
+		return string(ev.Type) + ":" + r
+	}
+	return string(ev.Type)
+}
+
+// clears reports whether the event says a fault has ended.
+func clears(ev *event.Event) bool {
+	if ev.Type == event.TopoLinkDown {
+		switch strings.ToLower(strings.TrimSpace(ev.Value)) {
+		case "0", "up", "false", "cleared":
+			return true
+		}
+		return false
+	}
+	switch strings.ToLower(ev.Attrs.Get("cleared")) {
+	case "true", "1", "yes":
+		return true
+	}
+	return strings.EqualFold(ev.Attrs.Get("state"), "cleared")
+}
+
+func (g *Graph) fault(h *host, target *node, ev *event.Event) {
+	key := errorKey(ev)
+	var en *node
+	for _, e := range target.out {
+		if e.typ == BlockedBy && e.to.entity == key {
+			en = e.to
+			break
+		}
+	}
+	ts := ev.TS
+	clear := clears(ev)
+	if clear && ev.Type == event.TopoLinkDown {
+		// The link is back: that also ends the network errors it logged
+		// while it was down.
+		for _, e := range target.out {
+			if e.typ == BlockedBy && e.to != en && e.to.err.typ == event.ErrorNet && e.to.err.lastSeen <= ts && ts > e.to.err.cleared {
+				e.to.err.cleared = ts
+			}
+		}
+	}
+	if en == nil {
+		if clear {
+			return // nothing to clear
+		}
+		en = g.newNode(target.id+"#"+key, KindError, h, strings.Clone(key))
+		en.err = newErrInfo(ev, target)
+		g.errs[en] = struct{}{}
+	}
+	ei := en.err
+	g.touch(en, ts)
+	g.link(target, en, BlockedBy, ts)
+	ei.count++
+	ei.addEvidence(ev, g.opts.MaxEvidence)
+	if clear {
+		if ts > ei.cleared {
+			ei.cleared = ts
+		}
+		return
+	}
+	if ts < ei.onset {
+		ei.onset = ts
+	}
+	if ts > ei.lastSeen {
+		ei.lastSeen = ts
+	}
+	if ev.Type == event.TopoLinkDown {
+		ei.downs = append(ei.downs, ts)
+		if cut := ts - g.opts.FlapWindow.Milliseconds(); len(ei.downs) > 1 {
+			i := 0
+			for i < len(ei.downs) && ei.downs[i] < cut {
+				i++
+			}
+			ei.downs = append(ei.downs[:0], ei.downs[i:]...)
+		}
+	}
+	// A later message can carry a stronger verdict (XID 154's recovery
+	// action, a severity attr).
+	if w := eventWeight(ev); w > ei.weight {
+		ei.weight = w
+	}
+}
+
+func newErrInfo(ev *event.Event, on *node) *errInfo {
+	ei := &errInfo{typ: ev.Type, onset: ev.TS, lastSeen: ev.TS, on: on, weight: eventWeight(ev)}
+	if x, err := strconv.Atoi(ev.Attrs.Get(event.AttrXID)); err == nil {
+		ei.xid = x
+		if entry, ok := xid.Lookup(x); ok {
+			ei.action = entry.ImmediateAction
+			ei.mnemonic = entry.Mnemonic
+			ei.sympath = entry.Sympathetic()
+		}
+	}
+	ei.summary = summarize(ev, ei)
+	return ei
+}
+
+func summarize(ev *event.Event, ei *errInfo) string {
+	msg := strings.TrimSpace(strings.Clone(ev.Value))
+	switch {
+	case ei.xid > 0:
+		if entry, ok := xid.Lookup(ei.xid); ok && (msg == "" || isNumber(msg)) {
+			msg = entry.Description
+		}
+		if !strings.HasPrefix(strings.ToLower(msg), "xid") {
+			msg = "Xid " + strconv.Itoa(ei.xid) + ": " + msg
+		}
+	case ev.Type == event.TopoLinkDown:
+		msg = "link down"
+		if r := ev.Attrs.Get(event.AttrReason); r != "" {
+			msg += ": " + strings.Clone(r)
+		}
+	case msg == "" || isNumber(msg):
+		msg = string(ev.Type)
+		if r := ev.Attrs.Get(event.AttrReason); r != "" {
+			msg += ": " + strings.Clone(r)
+		}
+	}
+	return msg
+}
+
+func isNumber(s string) bool {
+	_, err := strconv.ParseFloat(s, 64)
+	return err == nil
+}
+
+// eventWeight is how strongly one fault event explains a stall, in [0,1].
+func eventWeight(ev *event.Event) float64 {
+	if sev := ev.Attrs.Get(event.AttrSeverity); sev != "" {
+		if w, ok := severityWeight(sev); ok {
+			return w
+		}
+	}
+	if x, err := strconv.Atoi(ev.Attrs.Get(event.AttrXID)); err == nil {
+		if x == 154 {
+			if w, ok := xid.RecoveryActionWeight(ev.Value); ok {
+				return w
+			}
+		}
+		if entry, ok := xid.Lookup(x); ok {
+			return entry.Weight()
+		}
+		return 0.5 // an XID the catalog does not know
+	}
+	switch ev.Type {
+	case event.TopoLinkDown:
+		return 0.8 // a down link stops every collective that crosses it
+	case event.ErrorNet:
+		return 0.7
+	default:
+		return 0.75 // a hardware error that is not an XID: ECC, AER, disk I/O
+	}
+}
+
+func severityWeight(s string) (float64, bool) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "fatal", "critical", "emergency", "alert":
+		return 0.95, true
+	case "error", "err", "major":
+		return 0.75, true
+	case "warning", "warn", "minor":
+		return 0.4, true
+	case "info", "notice", "debug", "informational":
+		return 0.1, true
+	}
+	return 0, false
+}
+
+func (e *errInfo) addEvidence(ev *event.Event, limit int) {
+	if len(e.evidence) < limit {
+		e.evidence = append(e.evidence, ev.Clone())
+		return
+	}
+	// Keep the first event (the onset) and slide the rest.
+	copy(e.evidence[1:], e.evidence[2:])
+	e.evidence[len(e.evidence)-1] = ev.Clone()
+}
+
+// activeAt reports whether the fault is current at ts (ms).
+func (g *Graph) activeAt(ei *errInfo, at int64) bool {
+	if ei.onset > at {
+		return false
+	}
+	ttl := g.ttl
+	if ei.sticky() {
+		ttl = g.etl
+	}
+	if ei.lastSeen < at-ttl {
+		return false
+	}
+	if ei.cleared >= ei.lastSeen && ei.cleared <= at {
+		// A link that went down FlapCount times recently is flapping: it
+		// stays a cause for FlapHold after it came back.
+		return g.flapping(ei, at)
+	}
+	return true
+}
+
+func (g *Graph) flapping(ei *errInfo, at int64) bool {
+	if len(ei.downs) < g.opts.FlapCount || at-ei.cleared > g.opts.FlapHold.Milliseconds() {
+		return false
+	}
+	cut := at - g.opts.FlapWindow.Milliseconds()
+	n := 0
+	for _, d := range ei.downs {
+		if d >= cut && d <= at {
+			n++
+		}
+	}
+	return n >= g.opts.FlapCount
+}
+
+// ---- expiry ----
+
+// faulted reports whether resource n has a fault current at ts: edges into
+// it outlive the TTL while it does, so a GPU that went silent after falling
+// off the bus stays linked to the ranks that used it.
+func (g *Graph) faulted(n *node, at int64) bool {
+	for _, e := range n.out {
+		if e.typ == BlockedBy && g.activeAt(e.to.err, at) {
+			return true
+		}
+	}
+	return false
+}
+
+// edgeAlive reports whether e holds at time at.
+func (g *Graph) edgeAlive(e *edge, at int64) bool {
+	if e.first > at {
+		return false
+	}
+	if e.last >= at-g.ttl {
+		return true
+	}
+	switch e.typ {
+	case BlockedBy:
+		return g.activeAt(e.to.err, at)
+	case MemberOf:
+		// Membership lasts as long as the process is heard from.
+		return e.from.last >= at-g.ttl || g.usesFaulted(e.from, at)
+	default:
+		return g.faulted(e.to, at)
+	}
+}
+
+func (g *Graph) usesFaulted(p *node, at int64) bool {
+	for _, e := range p.out {
+		if (e.typ == Consumes || e.typ == WaitsOn) && e.to.kind == KindResource && g.faulted(e.to, at) {
+			return true
+		}
+	}
+	return false
+}
+
+func (g *Graph) expire(now int64) (nodes, edges int) {
+	// Edges, oldest first; one that must live is moved to the front. The
+	// walk visits each edge at most once.
+	for e, left := g.edges.tail, g.edges.len; e != nil && left > 0 && e.last < now-g.ttl; left-- {
+		prev := e.prev
+		if g.edgeAlive(e, now) {
+			g.edges.moveToFront(e)
+		} else {
+			g.removeEdge(e)
+			edges++
+		}
+		e = prev
+	}
+	// Errors by their own TTL.
+	for en := range g.errs {
+		ei := en.err
+		ttl := g.ttl
+		if ei.sticky() && ei.cleared < ei.lastSeen {
+			ttl = g.etl
+		}
+		if en.last < now-ttl {
+			g.removeNode(en)
+			nodes++
+		}
+	}
+	// Nodes, oldest first; a node that still has edges is kept.
+	for n, left := g.nodes.tail, g.nodes.len; n != nil && left > 0 && n.last < now-g.ttl; left-- {
+		prev := n.prev
+		if len(n.out) == 0 && len(n.in) == 0 {
+			g.removeNode(n)
+			nodes++
+		} else {
+			g.nodes.moveToFront(n)
+		}
+		n = prev
+	}
+	g.stats.ExpiredNodes += uint64(nodes)
+	g.stats.ExpiredEdges += uint64(edges)
+	return nodes, edges
+}

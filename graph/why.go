@@ -1,0 +1,485 @@
+package graph
+
+import (
+	"errors"
+	"math"
+	"sort"
+	"strconv"
+
+	"github.com/ark-gpu/ark/event"
+	"github.com/ark-gpu/ark/xid"
+)
+
+// Target is what Why explains: a job, a process on a host, or a host.
+type Target struct {
+	JobID string `json:"job_id,omitempty"`
+	Node  string `json:"node,omitempty"`
+	PID   int64  `json:"pid,omitempty"`
+}
+
+func (t Target) String() string {
+	switch {
+	case t.JobID != "":
+		return "job " + t.JobID
+	case t.PID != 0:
+		return "pid " + strconv.FormatInt(t.PID, 10) + " on " + t.Node
+	}
+	return "node " + t.Node
+}
+
+// ErrNoTarget is returned when a Target names nothing.
+var ErrNoTarget = errors.New("target needs a job id, a node, or a node and a pid")
+
+// Hop is one edge of a cause's chain.
+type Hop struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+	Type string `json:"type"`
+}
+
+// Cause is one ranked root cause.
+type Cause struct {
+	NodeID        string        `json:"node_id"`
+	EntityID      string        `json:"entity_id"`
+	EventType     event.Type    `json:"event_type"`
+	Kind          string        `json:"kind"` // "error" or "symptom"
+	Summary       string        `json:"summary"`
+	Score         float64       `json:"score"`
+	Severity      string        `json:"severity"`
+	Weight        float64       `json:"weight"`
+	XID           int           `json:"xid,omitempty"`
+	Action        string        `json:"action,omitempty"` // XID catalog immediate action
+	Sympathetic   bool          `json:"sympathetic,omitempty"`
+	Flapping      bool          `json:"flapping,omitempty"`
+	FirstSeen     int64         `json:"first_seen"`
+	LastSeen      int64         `json:"last_seen"`
+	Count         int           `json:"count"`
+	AffectedRanks int           `json:"affected_ranks"`
+	TotalRanks    int           `json:"total_ranks"`
+	Chain         []Hop         `json:"chain"`
+	Evidence      []event.Event `json:"evidence"`
+}
+
+// Result is the answer of Why.
+type Result struct {
+	Target Target  `json:"target"`
+	At     int64   `json:"at"`
+	Found  bool    `json:"found"` // the target exists in the graph
+	Ranks  int     `json:"ranks"` // processes of the target considered
+	Causes []Cause `json:"causes"`
+}
+
+// Score weights: how bad the fault is, how much of the target reaches it,
+// how early it began. Severity dominates so a fatal XID on one GPU beats a
+// transient one everywhere; fan-in separates the root from the errors each
+// rank's own death leaves behind.
+const (
+	wSeverity = 0.55
+	wFanIn    = 0.30
+	wOnset    = 0.15
+
+	symptomWeight   = 0.3  // a saturated or dropping resource without an error
+	infoWeightFloor = 0.25 // below this an error is reported only for a stuck target
+	maxCandidates   = 256
+	maxCauses       = 20
+)
+
+// Why explains target at time at (ms; 0 means the latest event seen). It
+// walks from the target's processes along WaitsOn, Consumes and BlockedBy
+// edges, collects the faults reachable, and ranks them.
+func (g *Graph) Why(t Target, at int64) (Result, error) {
+	if t.JobID == "" && t.Node == "" && t.PID == 0 {
+		return Result{}, ErrNoTarget
+	}
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if at == 0 {
+		at = g.clock
+	}
+	res := Result{Target: t, At: at, Causes: []Cause{}}
+	w := walker{g: g, at: at, idx: make(map[*node]int32, 256)}
+	w.sources(t)
+	res.Found = w.found
+	res.Ranks = w.ranks
+	if len(w.src) == 0 {
+		return res, nil
+	}
+	w.forward()
+	res.Causes = w.rank()
+	return res, nil
+}
+
+type walker struct {
+	g     *Graph
+	at    int64
+	found bool
+	src   []*node // start nodes
+	ranks int     // processes among them
+	isSrc map[*node]bool
+	// visited nodes in BFS order, with their index in idx
+	seen []*node
+	idx  map[*node]int32
+	// stuck reports whether any source process is stalled
+	stuck bool
+}
+
+func (w *walker) sources(t Target) {
+	g := w.g
+	w.isSrc = make(map[*node]bool)
+	add := func(n *node) {
+		if w.isSrc[n] {
+			return
+		}
+		w.isSrc[n] = true
+		w.src = append(w.src, n)
+		if n.kind == KindProcess {
+			w.ranks++
+			if IsStuckState(n.proc.state) && n.proc.stateTS >= w.at-g.ttl {
+				w.stuck = true
+			}
+		}
+	}
+	switch {
+	case t.JobID != "":
+		j := g.jobs[t.JobID]
+		if j == nil {
+			return
+		}
+		w.found = true
+		for _, e := range j.in {
+			if e.typ == MemberOf && g.edgeAlive(e, w.at) {
+				add(e.from)
+			}
+		}
+	case t.PID != 0:
+		h := g.hosts[t.Node]
+		if h == nil {
+			return
+		}
+		if p := h.procs[t.PID]; p != nil && p.last >= w.at-g.ttl || p != nil && g.usesFaulted(p, w.at) {
+			w.found = true
+			add(p)
+		}
+	default:
+		h := g.hosts[t.Node]
+		if h == nil {
+			return
+		}
+		w.found = true
+		for _, p := range h.procs {
+			if p.first <= w.at && (p.last >= w.at-g.ttl || g.usesFaulted(p, w.at)) {
+				add(p)
+			}
+		}
+		for _, r := range h.res {
+			if r.first <= w.at {
+				add(r)
+			}
+		}
+	}
+	// Deterministic order: map iteration above is random.
+	sort.Slice(w.src, func(i, j int) bool { return w.src[i].id < w.src[j].id })
+}
+
+// walkable reports whether the walk follows edge e forward.
+func (w *walker) walkable(e *edge) bool {
+	return e.typ != MemberOf && w.g.edgeAlive(e, w.at)
+}
+
+func (w *walker) forward() {
+	for _, s := range w.src {
+		w.visit(s)
+	}
+	for i := 0; i < len(w.seen); i++ {
+		n := w.seen[i]
+		for _, e := range n.out {
+			if w.walkable(e) {
+				w.visit(e.to)
+			}
+		}
+	}
+}
+
+func (w *walker) visit(n *node) {
+	if _, ok := w.idx[n]; ok {
+		return
+	}
+	w.idx[n] = int32(len(w.seen))
+	w.seen = append(w.seen, n)
+}
+
+type candidate struct {
+	n       *node // error node, or the resource for a symptom
+	weight  float64
+	onset   int64
+	last    int64
+	sym     bool // a symptom, not an error
+	flap    bool
+	waiters []int32 // for a symptom: the stuck processes waiting on it directly
+}
+
+func (w *walker) candidates() []candidate {
+	g := w.g
+	var cs []candidate
+	for _, n := range w.seen {
+		switch {
+		case n.kind == KindError:
+			ei := n.err
+			if !g.activeAt(ei, w.at) {
+				continue
+			}
+			c := candidate{n: n, weight: ei.weight, onset: ei.onset, last: ei.lastSeen,
+				flap: ei.cleared >= ei.lastSeen}
+			if c.weight < infoWeightFloor && !w.stuck {
+				continue
+			}
+			cs = append(cs, c)
+		case n.kind == KindResource && w.stuck:
+			if c, ok := w.symptom(n); ok {
+				cs = append(cs, c)
+			}
+		}
+	}
+	w.demoteSympathetic(cs)
+	if len(cs) > maxCandidates {
+		sort.Slice(cs, func(i, j int) bool { return cs[i].weight > cs[j].weight })
+		cs = cs[:maxCandidates]
+	}
+	return cs
+}
+
+// symptom makes a candidate of a resource that stuck processes wait on and
+// that has no current fault of its own (a fault would be the better cause).
+func (w *walker) symptom(r *node) (candidate, bool) {
+	g := w.g
+	// Only a resource with direct evidence of waiting (drops, a saturated
+	// queue) is a symptom; a stuck process's inferred wait on the GPU it
+	// last used is not.
+	if r.res == nil || r.res.waitSeen == 0 || g.faulted(r, w.at) {
+		return candidate{}, false
+	}
+	var first, last int64
+	var waiters []int32
+	for _, e := range r.in {
+		if e.typ != WaitsOn || !g.edgeAlive(e, w.at) {
+			continue
+		}
+		p := e.from
+		pi, ok := w.idx[p]
+		if !ok || p.kind != KindProcess || !IsStuckState(p.proc.state) {
+			continue
+		}
+		waiters = append(waiters, pi)
+		if first == 0 || e.first < first {
+			first = e.first
+		}
+		if e.last > last {
+			last = e.last
+		}
+	}
+	if len(waiters) == 0 {
+		return candidate{}, false
+	}
+	return candidate{n: r, weight: symptomWeight, onset: first, last: last, sym: true, waiters: waiters}, true
+}
+
+// demoteSympathetic lowers the weight of errors NVIDIA documents as
+// sympathetic (XID 45 "not solo", 94/95 "sympathetic") when a primary error
+// began no later than they did.
+func (w *walker) demoteSympathetic(cs []candidate) {
+	for i := range cs {
+		ci := &cs[i]
+		if ci.sym || !ci.n.err.sympath {
+			continue
+		}
+		for j := range cs {
+			cj := &cs[j]
+			if i == j || cj.sym || cj.n.err.sympath {
+				continue
+			}
+			if cj.weight >= xid.ActionWeight("RESTART_APP") && cj.onset <= ci.onset {
+				ci.weight *= 0.3
+				break
+			}
+		}
+	}
+}
+
+func (w *walker) rank() []Cause {
+	cs := w.candidates()
+	if len(cs) == 0 {
+		return []Cause{}
+	}
+	minOnset, maxOnset := int64(math.MaxInt64), int64(0)
+	for _, c := range cs {
+		minOnset = min(minOnset, c.onset)
+		maxOnset = max(maxOnset, c.onset)
+	}
+	span := float64(max(w.at-minOnset, 1))
+	total := max(w.ranks, 1)
+	type scored struct {
+		candidate
+		score   float64
+		reached []int32 // next hop toward the candidate, per seen index (-1: none)
+		ranks   int
+	}
+	out := make([]scored, 0, len(cs))
+	// Errors first, so a symptom they already explain can be dropped.
+	sort.SliceStable(cs, func(i, j int) bool { return !cs[i].sym && cs[j].sym })
+	var actionable [][]int32
+	for _, c := range cs {
+		if c.sym && explained(c.waiters, actionable) {
+			continue
+		}
+		next, n := w.reverse(c.n)
+		if !c.sym && c.weight >= xid.ActionWeight("RESTART_APP") {
+			actionable = append(actionable, next)
+		}
+		fan := float64(n) / float64(total)
+		onset := 1 - float64(c.onset-minOnset)/span
+		s := wSeverity*c.weight + wFanIn*fan + wOnset*onset
+		out = append(out, scored{candidate: c, score: s, reached: next, ranks: n})
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.score != b.score {
+			return a.score > b.score
+		}
+		if a.onset != b.onset {
+			return a.onset < b.onset
+		}
+		return a.n.id < b.n.id
+	})
+	if len(out) > maxCauses {
+		out = out[:maxCauses]
+	}
+	causes := make([]Cause, 0, len(out))
+	for _, s := range out {
+		causes = append(causes, w.cause(s.candidate, math.Round(s.score*1000)/1000, s.ranks, total, s.reached))
+	}
+	return causes
+}
+
+// explained reports whether every waiter of a symptom reaches an actionable
+// error: the symptom is then that error's consequence, not a cause.
+func explained(waiters []int32, actionable [][]int32) bool {
+	if len(actionable) == 0 {
+		return false
+	}
+	for _, wi := range waiters {
+		reached := false
+		for _, next := range actionable {
+			if next[wi] >= 0 {
+				reached = true
+				break
+			}
+		}
+		if !reached {
+			return false
+		}
+	}
+	return true
+}
+
+// reverse walks back from c along the edges the forward walk used, counting
+// the target's processes that reach c. next[i] is the index of the node one
+// hop closer to c from seen[i], or -1.
+func (w *walker) reverse(c *node) ([]int32, int) {
+	next := make([]int32, len(w.seen))
+	for i := range next {
+		next[i] = -1
+	}
+	ci := w.idx[c]
+	next[ci] = ci
+	queue := []int32{ci}
+	reached := 0
+	for q := 0; q < len(queue); q++ {
+		n := w.seen[queue[q]]
+		if w.isSrc[n] && n.kind == KindProcess {
+			reached++
+		}
+		for _, e := range n.in {
+			fi, ok := w.idx[e.from]
+			if !ok || next[fi] >= 0 || !w.walkable(e) {
+				continue
+			}
+			next[fi] = queue[q]
+			queue = append(queue, fi)
+		}
+	}
+	if reached == 0 && w.isSrc[c] {
+		reached = 1 // a host's own resource
+	}
+	return next, reached
+}
+
+// cause builds the output for one candidate, with the chain from the most
+// telling source: a process on another host if any reaches it (that shows
+// the cross-node wait), else the nearest one.
+func (w *walker) cause(c candidate, score float64, ranks, total int, next []int32) Cause {
+	n := c.n
+	out := Cause{Score: score, FirstSeen: c.onset, LastSeen: c.last, AffectedRanks: ranks, TotalRanks: total,
+		Weight: math.Round(c.weight*1000) / 1000, Severity: xid.WeightSeverity(c.weight).String(), Chain: []Hop{}}
+	target := n
+	if c.sym {
+		out.Kind = "symptom"
+		ri := n.res
+		out.Summary = strconv.Itoa(ranks) + " stuck process(es) wait on " + n.entity
+		out.Count = ri.waitSeen
+		out.Evidence = append([]event.Event{}, ri.waits...)
+		out.EventType = event.ProcessState
+		if len(ri.waits) > 0 {
+			last := ri.waits[len(ri.waits)-1]
+			out.EventType = last.Type
+			out.Summary += " (" + string(last.Type) + " " + last.Value + ")"
+		}
+		out.Severity = "symptom"
+	} else {
+		ei := n.err
+		target = ei.on
+		out.Kind = "error"
+		out.EventType = ei.typ
+		out.Summary = ei.summary
+		out.XID = ei.xid
+		out.Action = ei.action
+		out.Sympathetic = ei.sympath && c.weight < ei.weight
+		out.Flapping = c.flap
+		out.Count = ei.count
+		out.Evidence = append([]event.Event{}, ei.evidence...)
+	}
+	out.EntityID = target.entity
+	if target.host != nil {
+		out.NodeID = target.host.name
+	}
+	// Pick the source for the chain.
+	best := int32(-1)
+	bestRemote := false
+	bestLen := 0
+	for _, s := range w.src {
+		si := w.idx[s]
+		if next[si] < 0 {
+			continue
+		}
+		remote := s.host != nil && target.host != nil && s.host != target.host
+		l := 0
+		for x := si; next[x] != x && l < len(w.seen); x = next[x] {
+			l++
+		}
+		better := best < 0 || (remote && !bestRemote) || (remote == bestRemote && l < bestLen)
+		if better {
+			best, bestRemote, bestLen = si, remote, l
+		}
+	}
+	for x := best; x >= 0 && next[x] != x; x = next[x] {
+		from, to := w.seen[x], w.seen[next[x]]
+		typ := "?"
+		for _, e := range from.out {
+			if e.to == to && w.walkable(e) {
+				typ = e.typ.String()
+				break
+			}
+		}
+		out.Chain = append(out.Chain, Hop{From: from.id, To: to.id, Type: typ})
+	}
+	return out
+}
