@@ -5,6 +5,7 @@ import (
 	"math"
 	"sort"
 	"strconv"
+	"sync"
 
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/xid"
@@ -97,7 +98,9 @@ func (g *Graph) Why(t Target, at int64) (Result, error) {
 		at = g.clock
 	}
 	res := Result{Target: t, At: at, Causes: []Cause{}}
-	w := walker{g: g, at: at, idx: make(map[*node]int32, 256)}
+	w := walkers.Get().(*walker)
+	defer w.release()
+	w.g, w.at = g, at
 	w.sources(t)
 	res.Found = w.found
 	res.Ranks = w.ranks
@@ -113,24 +116,39 @@ type walker struct {
 	g     *Graph
 	at    int64
 	found bool
-	src   []*node // start nodes
+	src   []*node // start nodes; they are seen[:len(src)]
 	ranks int     // processes among them
-	isSrc map[*node]bool
 	// visited nodes in BFS order, with their index in idx
 	seen []*node
 	idx  map[*node]int32
 	// stuck reports whether any source process is stalled
 	stuck bool
+	// scratch for reverse walks, reused across candidates
+	queue []int32
 }
+
+// walkers recycles walk state: Why runs often on a large heap, and its
+// garbage would otherwise drive GC cycles that mark the whole graph.
+var walkers = sync.Pool{New: func() any { return &walker{idx: make(map[*node]int32, 1024)} }}
+
+func (w *walker) release() {
+	clear(w.idx)
+	clear(w.seen)
+	clear(w.src)
+	*w = walker{idx: w.idx, seen: w.seen[:0], src: w.src[:0], queue: w.queue[:0]}
+	walkers.Put(w)
+}
+
+// isSrc reports whether seen index i is a source: sources are visited first.
+func (w *walker) isSrc(i int32) bool { return int(i) < len(w.src) }
 
 func (w *walker) sources(t Target) {
 	g := w.g
-	w.isSrc = make(map[*node]bool)
 	add := func(n *node) {
-		if w.isSrc[n] {
+		if _, dup := w.idx[n]; dup {
 			return
 		}
-		w.isSrc[n] = true
+		w.idx[n] = -1 // placeholder until forward() numbers the sources
 		w.src = append(w.src, n)
 		if n.kind == KindProcess {
 			w.ranks++
@@ -187,6 +205,7 @@ func (w *walker) walkable(e *edge) bool {
 }
 
 func (w *walker) forward() {
+	clear(w.idx)
 	for _, s := range w.src {
 		w.visit(s)
 	}
@@ -319,9 +338,9 @@ func (w *walker) rank() []Cause {
 	total := max(w.ranks, 1)
 	type scored struct {
 		candidate
-		score   float64
-		reached []int32 // next hop toward the candidate, per seen index (-1: none)
-		ranks   int
+		score      float64
+		next, dist []int32 // see reverse
+		ranks      int
 	}
 	out := make([]scored, 0, len(cs))
 	// Errors first, so a symptom they already explain can be dropped.
@@ -331,14 +350,14 @@ func (w *walker) rank() []Cause {
 		if c.sym && explained(c.waiters, actionable) {
 			continue
 		}
-		next, n := w.reverse(c.n)
+		next, dist, n := w.reverse(c.n)
 		if !c.sym && c.weight >= xid.ActionWeight("RESTART_APP") {
 			actionable = append(actionable, next)
 		}
 		fan := float64(n) / float64(total)
 		onset := 1 - float64(c.onset-minOnset)/span
 		s := wSeverity*c.weight + wFanIn*fan + wOnset*onset
-		out = append(out, scored{candidate: c, score: s, reached: next, ranks: n})
+		out = append(out, scored{candidate: c, score: s, next: next, dist: dist, ranks: n})
 	}
 	sort.SliceStable(out, func(i, j int) bool {
 		a, b := out[i], out[j]
@@ -355,7 +374,7 @@ func (w *walker) rank() []Cause {
 	}
 	causes := make([]Cause, 0, len(out))
 	for _, s := range out {
-		causes = append(causes, w.cause(s.candidate, math.Round(s.score*1000)/1000, s.ranks, total, s.reached))
+		causes = append(causes, w.cause(s.candidate, math.Round(s.score*1000)/1000, s.ranks, total, s.next, s.dist))
 	}
 	return causes
 }
@@ -383,19 +402,20 @@ func explained(waiters []int32, actionable [][]int32) bool {
 
 // reverse walks back from c along the edges the forward walk used, counting
 // the target's processes that reach c. next[i] is the index of the node one
-// hop closer to c from seen[i], or -1.
-func (w *walker) reverse(c *node) ([]int32, int) {
-	next := make([]int32, len(w.seen))
+// hop closer to c from seen[i] (-1: does not reach it); dist[i] the hops.
+func (w *walker) reverse(c *node) (next, dist []int32, reached int) {
+	next = make([]int32, 2*len(w.seen))
+	next, dist = next[:len(w.seen)], next[len(w.seen):]
 	for i := range next {
 		next[i] = -1
 	}
 	ci := w.idx[c]
 	next[ci] = ci
-	queue := []int32{ci}
-	reached := 0
+	queue := append(w.queue[:0], ci)
 	for q := 0; q < len(queue); q++ {
-		n := w.seen[queue[q]]
-		if w.isSrc[n] && n.kind == KindProcess {
+		x := queue[q]
+		n := w.seen[x]
+		if w.isSrc(x) && n.kind == KindProcess {
 			reached++
 		}
 		for _, e := range n.in {
@@ -403,20 +423,22 @@ func (w *walker) reverse(c *node) ([]int32, int) {
 			if !ok || next[fi] >= 0 || !w.walkable(e) {
 				continue
 			}
-			next[fi] = queue[q]
+			next[fi] = x
+			dist[fi] = dist[x] + 1
 			queue = append(queue, fi)
 		}
 	}
-	if reached == 0 && w.isSrc[c] {
+	w.queue = queue
+	if reached == 0 && w.isSrc(ci) {
 		reached = 1 // a host's own resource
 	}
-	return next, reached
+	return next, dist, reached
 }
 
 // cause builds the output for one candidate, with the chain from the most
 // telling source: a process on another host if any reaches it (that shows
 // the cross-node wait), else the nearest one.
-func (w *walker) cause(c candidate, score float64, ranks, total int, next []int32) Cause {
+func (w *walker) cause(c candidate, score float64, ranks, total int, next, dist []int32) Cause {
 	n := c.n
 	out := Cause{Score: score, FirstSeen: c.onset, LastSeen: c.last, AffectedRanks: ranks, TotalRanks: total,
 		Weight: math.Round(c.weight*1000) / 1000, Severity: xid.WeightSeverity(c.weight).String(), Chain: []Hop{}}
@@ -454,20 +476,13 @@ func (w *walker) cause(c candidate, score float64, ranks, total int, next []int3
 	// Pick the source for the chain.
 	best := int32(-1)
 	bestRemote := false
-	bestLen := 0
-	for _, s := range w.src {
-		si := w.idx[s]
+	for si, s := range w.src {
 		if next[si] < 0 {
 			continue
 		}
 		remote := s.host != nil && target.host != nil && s.host != target.host
-		l := 0
-		for x := si; next[x] != x && l < len(w.seen); x = next[x] {
-			l++
-		}
-		better := best < 0 || (remote && !bestRemote) || (remote == bestRemote && l < bestLen)
-		if better {
-			best, bestRemote, bestLen = si, remote, l
+		if best < 0 || (remote && !bestRemote) || (remote == bestRemote && dist[si] < dist[best]) {
+			best, bestRemote = int32(si), remote
 		}
 	}
 	for x := best; x >= 0 && next[x] != x; x = next[x] {

@@ -1,0 +1,424 @@
+package graph
+
+import (
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ark-gpu/ark/event"
+)
+
+const t0 = int64(1764300000000)
+
+// rec builds events tersely for tests.
+type rec struct{ evs []event.Event }
+
+func (r *rec) add(ts int64, typ event.Type, node, entity, value string, pid int64, job string, attrs ...string) {
+	ev := event.Event{TS: ts, Type: typ, NodeID: node, EntityID: entity, Value: value, PID: pid, JobID: job}
+	for i := 0; i+1 < len(attrs); i += 2 {
+		ev.Attrs = append(ev.Attrs, event.Attr{Key: attrs[i], Value: attrs[i+1]})
+	}
+	r.evs = append(r.evs, ev)
+}
+
+// job places ranks on hosts: ranks[host] = number of ranks; pid = base+i.
+func (r *rec) job(ts int64, job string, hosts []string, perHost int, base int64) {
+	rank := 0
+	for hi, h := range hosts {
+		for i := range perHost {
+			pid := base + int64(hi*100+i)
+			r.add(ts, event.IntentRun, h, "pid-"+strconv.FormatInt(pid, 10), "running", pid, job,
+				"rank", strconv.Itoa(rank), "addr", fmt.Sprintf("10.0.%d.1:%d", hi, 29500+i))
+			rank++
+		}
+	}
+}
+
+// steady emits healthy samples for every rank from..to.
+func (r *rec) steady(from, to int64, job string, hosts []string, perHost int, base int64) {
+	for ts := from; ts <= to; ts += 2000 {
+		for hi, h := range hosts {
+			for i := range perHost {
+				pid := base + int64(hi*100+i)
+				r.add(ts, event.ComputeUtil, h, "gpu-"+strconv.Itoa(i), "95", pid, job)
+				r.add(ts, event.TransportBW, h, "network-ib0", "2e10", pid, job)
+				r.add(ts, event.ProcessState, h, "pid-"+strconv.FormatInt(pid, 10), "R", pid, job)
+			}
+		}
+	}
+}
+
+func (r *rec) graph(opts Options) *Graph {
+	g := New(opts)
+	g.ApplyBatch(r.evs)
+	return g
+}
+
+func mustWhy(t *testing.T, g *Graph, tg Target, at int64) Result {
+	t.Helper()
+	res, err := g.Why(tg, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+var hosts4 = []string{"h1", "h2", "h3", "h4"}
+
+// stallOn makes every rank not on failHost drop toward the rank on failHost
+// with the same local index, and go stalled.
+func (r *rec) stallOn(from, to int64, job string, hosts []string, perHost int, base int64, failHost int) {
+	for ts := from; ts <= to; ts += 2000 {
+		for hi, h := range hosts {
+			for i := range perHost {
+				pid := base + int64(hi*100+i)
+				if hi != failHost {
+					r.add(ts, event.TransportDrop, h, "network-ib0", "12", pid, job, "peer", fmt.Sprintf("10.0.%d.1:%d", failHost, 29500+i))
+				}
+				r.add(ts, event.ProcessState, h, "pid-"+strconv.FormatInt(pid, 10), "stalled", pid, job)
+			}
+		}
+	}
+}
+
+func TestWhyNamesTheFaultyGPUAcrossHosts(t *testing.T) {
+	var r rec
+	r.job(t0, "j", hosts4, 2, 1000)
+	r.steady(t0, t0+60_000, "j", hosts4, 2, 1000)
+	r.add(t0+61_000, event.ErrorHW, "h3", "gpu-1", "Xid 79: GPU has fallen off the bus.", 1201, "", "xid", "79")
+	r.stallOn(t0+62_000, t0+80_000, "j", hosts4, 2, 1000, 2)
+	g := r.graph(Options{})
+	res := mustWhy(t, g, Target{JobID: "j"}, 0)
+	if len(res.Causes) == 0 {
+		t.Fatal("no cause")
+	}
+	c := res.Causes[0]
+	if c.NodeID != "h3" || c.EntityID != "gpu-1" || c.XID != 79 || c.Severity != "fatal" {
+		t.Fatalf("first cause %+v", c)
+	}
+	if c.AffectedRanks != 4 || c.TotalRanks != 8 {
+		// Local index 1 on every host: h3/pid-1201 uses gpu-1 and the other
+		// three wait on it. Index 0 ranks wait on h3/pid-1200, which is fine.
+		t.Fatalf("affected %d/%d, want 4/8", c.AffectedRanks, c.TotalRanks)
+	}
+	// The chain starts on another host and crosses to h3 over a WaitsOn.
+	if len(c.Chain) < 3 || c.Chain[0].Type != "WaitsOn" || c.Chain[0].To != "h3/pid-1201" {
+		t.Fatalf("chain %+v", c.Chain)
+	}
+	last := c.Chain[len(c.Chain)-1]
+	if last.Type != "BlockedBy" || last.From != "h3/gpu-1" {
+		t.Fatalf("chain must end at the error: %+v", c.Chain)
+	}
+	if res.At != t0+80_000 {
+		t.Fatalf("evaluated at %d, want the last event", res.At)
+	}
+}
+
+func TestCrossNodeEdgeFromPeerAddress(t *testing.T) {
+	var r rec
+	r.job(t0, "j", []string{"a", "b"}, 1, 1)
+	r.add(t0+1000, event.TransportDrop, "a", "network-ib0", "5", 1, "j", "peer", "10.0.1.1:29500")
+	// An ephemeral port matches by ip.
+	r.add(t0+1000, event.TransportDrop, "b", "network-ib0", "5", 101, "j", "peer", "10.0.0.1:40123")
+	// An unknown peer is counted, not linked.
+	r.add(t0+1000, event.TransportDrop, "b", "network-ib0", "5", 101, "j", "peer", "192.168.9.9:1")
+	g := r.graph(Options{})
+	a := g.hosts["a"].procs[1]
+	b := g.hosts["b"].procs[101]
+	if a.findOut(b, WaitsOn) == nil {
+		t.Fatal("a/pid-1 must wait on b/pid-101 (exact ip:port)")
+	}
+	if b.findOut(a, WaitsOn) == nil {
+		t.Fatal("b/pid-101 must wait on a/pid-1 (same ip, other port)")
+	}
+	if got := g.Stats().UnresolvedPeer; got != 1 {
+		t.Fatalf("unresolved peers = %d, want 1", got)
+	}
+}
+
+func TestZeroDropsAreNotAWait(t *testing.T) {
+	var r rec
+	r.job(t0, "j", []string{"a", "b"}, 1, 1)
+	r.add(t0+1000, event.TransportDrop, "a", "network-ib0", "0", 1, "j", "peer", "10.0.1.1:29500")
+	g := r.graph(Options{})
+	if g.hosts["a"].procs[1].findOut(g.hosts["b"].procs[101], WaitsOn) != nil {
+		t.Fatal("a drop count of 0 must not create a wait")
+	}
+	if g.Stats().Edges[WaitsOn] != 0 {
+		t.Fatal("no WaitsOn edge expected")
+	}
+}
+
+func TestHealthyJobHasNoCauses(t *testing.T) {
+	var r rec
+	r.job(t0, "sick", hosts4, 2, 1000)
+	r.job(t0, "fine", hosts4, 2, 5000)
+	r.steady(t0, t0+60_000, "sick", hosts4, 2, 1000)
+	r.steady(t0, t0+90_000, "fine", hosts4, 2, 5000)
+	// sick's GPUs are gpu-0/1; fine uses the same names on the same hosts,
+	// so put the fault on a GPU index only sick uses.
+	r.add(t0+61_000, event.ErrorHW, "h2", "gpu-7", "Xid 48: DBE", 1107, "", "xid", "48")
+	r.add(t0+61_000, event.ComputeUtil, "h2", "gpu-7", "0", 1101, "sick")
+	r.stallOn(t0+62_000, t0+90_000, "sick", hosts4, 2, 1000, 1)
+	g := r.graph(Options{})
+	if res := mustWhy(t, g, Target{JobID: "fine"}, 0); len(res.Causes) != 0 || !res.Found {
+		t.Fatalf("healthy job: found=%v causes %+v", res.Found, res.Causes)
+	}
+	if res := mustWhy(t, g, Target{JobID: "sick"}, 0); len(res.Causes) == 0 || res.Causes[0].EntityID != "gpu-7" {
+		t.Fatalf("sick job: %+v", res.Causes)
+	}
+	if res := mustWhy(t, g, Target{JobID: "nope"}, 0); res.Found || len(res.Causes) != 0 {
+		t.Fatalf("unknown job: %+v", res)
+	}
+}
+
+func TestLinkDownClearsWhenItComesBackUp(t *testing.T) {
+	var r rec
+	r.job(t0, "j", hosts4, 1, 1)
+	r.steady(t0, t0+30_000, "j", hosts4, 1, 1)
+	r.add(t0+10_000, event.TopoLinkDown, "h2", "network-ib0", "1", 0, "")
+	g := r.graph(Options{})
+	res := mustWhy(t, g, Target{JobID: "j"}, t0+20_000)
+	if len(res.Causes) == 0 || res.Causes[0].EventType != event.TopoLinkDown {
+		t.Fatalf("a down link is a cause while down: %+v", res.Causes)
+	}
+	g.Apply(&event.Event{TS: t0 + 25_000, Type: event.TopoLinkDown, NodeID: "h2", EntityID: "network-ib0", Value: "0"})
+	if res := mustWhy(t, g, Target{JobID: "j"}, t0+30_000); len(res.Causes) != 0 {
+		t.Fatalf("a link back up is not a current cause: %+v", res.Causes)
+	}
+	// Evaluated before it came back, it still is.
+	if res := mustWhy(t, g, Target{JobID: "j"}, t0+20_000); len(res.Causes) == 0 {
+		t.Fatal("at a time before the link came back it is still a cause")
+	}
+}
+
+func TestFlappingLinkStaysACauseWhileBrieflyUp(t *testing.T) {
+	var r rec
+	r.job(t0, "j", hosts4, 1, 1)
+	r.steady(t0, t0+60_000, "j", hosts4, 1, 1)
+	for i := range int64(4) {
+		r.add(t0+10_000+i*8000, event.TopoLinkDown, "h2", "network-ib0", "1", 0, "")
+		r.add(t0+14_000+i*8000, event.TopoLinkDown, "h2", "network-ib0", "0", 0, "")
+	}
+	g := r.graph(Options{})
+	res := mustWhy(t, g, Target{JobID: "j"}, t0+60_000)
+	if len(res.Causes) == 0 || !res.Causes[0].Flapping {
+		t.Fatalf("a link that flapped 4 times and is up for 22s is flapping: %+v", res.Causes)
+	}
+	// Long after the last flap it is over.
+	if res := mustWhy(t, g, Target{JobID: "j"}, t0+60_000+3*60_000); len(res.Causes) != 0 {
+		t.Fatalf("flapping ended: %+v", res.Causes)
+	}
+}
+
+func TestWhyTerminatesOnWaitCycles(t *testing.T) {
+	var r rec
+	hosts := []string{"a", "b", "c"}
+	r.job(t0, "j", hosts, 1, 1)
+	r.steady(t0, t0+10_000, "j", hosts, 1, 1)
+	for ts := t0 + 12_000; ts < t0+30_000; ts += 2000 {
+		r.add(ts, event.TransportDrop, "a", "network-ib0", "3", 1, "j", "peer", "10.0.1.1:29500")
+		r.add(ts, event.TransportDrop, "b", "network-ib0", "3", 101, "j", "peer", "10.0.2.1:29500")
+		r.add(ts, event.TransportDrop, "c", "network-ib0", "3", 201, "j", "peer", "10.0.0.1:29500")
+		for _, p := range []struct {
+			h   string
+			pid int64
+		}{{"a", 1}, {"b", 101}, {"c", 201}} {
+			r.add(ts, event.ProcessState, p.h, "pid-"+strconv.FormatInt(p.pid, 10), "stalled", p.pid, "j")
+		}
+	}
+	g := r.graph(Options{})
+	res := mustWhy(t, g, Target{JobID: "j"}, 0)
+	// No error anywhere: the cause is a symptom, and the walk ended.
+	for _, c := range res.Causes {
+		if c.Kind != "symptom" {
+			t.Fatalf("no error exists, got %+v", c)
+		}
+	}
+	r.add(t0+30_000, event.ErrorHW, "b", "gpu-0", "Xid 79", 101, "", "xid", "79")
+	g = r.graph(Options{})
+	res = mustWhy(t, g, Target{JobID: "j"}, 0)
+	if len(res.Causes) == 0 || res.Causes[0].NodeID != "b" || res.Causes[0].AffectedRanks != 3 {
+		t.Fatalf("cycle with a fault: %+v", res.Causes)
+	}
+}
+
+func TestFatalBeatsTransientAndSympathetic(t *testing.T) {
+	var r rec
+	r.job(t0, "j", hosts4, 2, 1000)
+	r.steady(t0, t0+60_000, "j", hosts4, 2, 1000)
+	r.add(t0+61_000, event.ErrorHW, "h3", "gpu-0", "Xid 119: GSP RPC timeout", 1200, "", "xid", "119")
+	r.stallOn(t0+62_000, t0+80_000, "j", hosts4, 2, 1000, 2)
+	// Other hosts' GPUs report what follows their ranks' aborts.
+	r.add(t0+64_000, event.ErrorHW, "h1", "gpu-0", "Xid 45: preemptive cleanup", 1000, "", "xid", "45")
+	r.add(t0+64_500, event.ErrorHW, "h2", "gpu-1", "Xid 13: graphics exception", 1101, "", "xid", "13")
+	r.add(t0+65_000, event.ErrorHW, "h4", "gpu-0", "Xid 43: stopped processing", 1300, "", "xid", "43")
+	g := r.graph(Options{})
+	res := mustWhy(t, g, Target{JobID: "j"}, 0)
+	if len(res.Causes) < 3 {
+		t.Fatalf("want the fatal and the sympathetic errors listed: %+v", res.Causes)
+	}
+	if c := res.Causes[0]; c.NodeID != "h3" || c.XID != 119 {
+		t.Fatalf("first cause %+v", c)
+	}
+	for _, c := range res.Causes[1:] {
+		if c.XID == 45 && !c.Sympathetic {
+			t.Fatalf("XID 45 after a primary error is sympathetic: %+v", c)
+		}
+	}
+}
+
+func TestSoloXID45IsACause(t *testing.T) {
+	var r rec
+	r.job(t0, "j", hosts4, 1, 1)
+	r.steady(t0, t0+20_000, "j", hosts4, 1, 1)
+	r.add(t0+10_000, event.ErrorHW, "h1", "gpu-0", "Xid 45", 1, "", "xid", "45")
+	res := mustWhy(t, r.graph(Options{}), Target{JobID: "j"}, 0)
+	if len(res.Causes) != 1 || res.Causes[0].Sympathetic {
+		t.Fatalf("a solo XID 45 stands on its own: %+v", res.Causes)
+	}
+}
+
+func TestIgnorableXIDIsNotACauseForAHealthyJob(t *testing.T) {
+	var r rec
+	r.job(t0, "j", hosts4, 1, 1)
+	r.steady(t0, t0+20_000, "j", hosts4, 1, 1)
+	r.add(t0+10_000, event.ErrorHW, "h1", "gpu-0", "Xid 63: row remapping", 1, "", "xid", "63")
+	if res := mustWhy(t, r.graph(Options{}), Target{JobID: "j"}, 0); len(res.Causes) != 0 {
+		t.Fatalf("XID 63 (IGNORE) on a running job: %+v", res.Causes)
+	}
+}
+
+func TestWhyForPIDAndHost(t *testing.T) {
+	var r rec
+	r.job(t0, "j", hosts4, 2, 1000)
+	r.steady(t0, t0+60_000, "j", hosts4, 2, 1000)
+	r.add(t0+61_000, event.ErrorHW, "h3", "gpu-1", "Xid 79", 1201, "", "xid", "79")
+	r.stallOn(t0+62_000, t0+80_000, "j", hosts4, 2, 1000, 2)
+	g := r.graph(Options{})
+	res := mustWhy(t, g, Target{Node: "h1", PID: 1001}, 0)
+	if !res.Found || len(res.Causes) == 0 || res.Causes[0].NodeID != "h3" {
+		t.Fatalf("pid on h1 waits on h3: %+v", res)
+	}
+	res = mustWhy(t, g, Target{Node: "h3"}, 0)
+	if len(res.Causes) == 0 || res.Causes[0].EntityID != "gpu-1" {
+		t.Fatalf("host h3: %+v", res.Causes)
+	}
+	if res := mustWhy(t, g, Target{Node: "h1", PID: 424242}, 0); res.Found {
+		t.Fatal("an unknown pid is not found")
+	}
+	if _, err := g.Why(Target{}, 0); err == nil {
+		t.Fatal("an empty target is an error")
+	}
+}
+
+func TestTTLExpiresEdgesAndNodes(t *testing.T) {
+	var r rec
+	r.job(t0, "j", hosts4, 2, 1000)
+	r.steady(t0, t0+10_000, "j", hosts4, 2, 1000)
+	g := r.graph(Options{TTL: time.Minute})
+	before := g.Stats()
+	if before.Nodes[KindProcess] != 8 || before.Edges[Consumes] != 16 {
+		t.Fatalf("before: %+v", before)
+	}
+	nodes, edges := g.Expire(t0 + 10_000 + 2*60_000)
+	after := g.Stats()
+	if edges != 16+8 || after.Edges[Consumes] != 0 || after.Edges[MemberOf] != 0 {
+		t.Fatalf("expired %d edges, after %+v", edges, after.Edges)
+	}
+	if nodes == 0 || after.Nodes[KindProcess] != 0 || after.Nodes[KindResource] != 0 || after.Nodes[KindJob] != 0 {
+		t.Fatalf("expired %d nodes, after %+v", nodes, after.Nodes)
+	}
+	if after.ExpiredEdges != uint64(edges) || after.ExpiredNodes != uint64(nodes) {
+		t.Fatalf("expiry counters %+v", after)
+	}
+	// The graph is usable after a full expiry.
+	r.evs = nil
+	r.job(t0+200_000, "j", hosts4, 1, 1000)
+	g.ApplyBatch(r.evs)
+	if res := mustWhy(t, g, Target{JobID: "j"}, 0); !res.Found || res.Ranks != 4 {
+		t.Fatalf("after expiry: %+v", res)
+	}
+}
+
+func TestFatalErrorOutlivesTheTTL(t *testing.T) {
+	var r rec
+	r.job(t0, "j", hosts4, 1, 1)
+	r.steady(t0, t0+10_000, "j", hosts4, 1, 1)
+	r.add(t0+11_000, event.ErrorHW, "h2", "gpu-0", "Xid 79", 101, "", "xid", "79")
+	// Everyone else keeps reporting; the dead GPU and its rank go silent.
+	r.steady(t0+12_000, t0+12_000+10*60_000, "j", []string{"h1"}, 1, 1)
+	r.stallOn(t0+12_000, t0+12_000+10*60_000, "j", []string{"h1"}, 1, 1, 1)
+	g := r.graph(Options{})
+	g.Expire(g.Clock())
+	res := mustWhy(t, g, Target{JobID: "j"}, 0)
+	if len(res.Causes) == 0 || res.Causes[0].EntityID != "gpu-0" || res.Causes[0].NodeID != "h2" {
+		t.Fatalf("10 minutes after an XID 79 it is still the cause: %+v", res.Causes)
+	}
+}
+
+func TestCapsEvictOldestFirstAndCount(t *testing.T) {
+	g := New(Options{MaxNodes: 50, MaxEdges: 40})
+	for i := range 200 {
+		g.Apply(&event.Event{TS: t0 + int64(i), Type: event.ComputeUtil, NodeID: "h", EntityID: "gpu-" + strconv.Itoa(i%8),
+			Value: "1", PID: int64(1000 + i)})
+	}
+	s := g.Stats()
+	nodes := 0
+	for _, n := range s.Nodes {
+		nodes += n
+	}
+	edges := 0
+	for _, n := range s.Edges {
+		edges += n
+	}
+	if edges > 40 || s.EvictedEdges == 0 {
+		t.Fatalf("edges %d evicted %d", edges, s.EvictedEdges)
+	}
+	if nodes > 51 || s.EvictedNodes == 0 { // + the host node, kept outside the LRU
+		t.Fatalf("nodes %d evicted %d", nodes, s.EvictedNodes)
+	}
+	// The newest process survived, the oldest did not.
+	if g.hosts["h"].procs[1199] == nil || g.hosts["h"].procs[1000] != nil {
+		t.Fatal("eviction must take the least recently touched first")
+	}
+}
+
+func TestConcurrentReadersAndOneWriter(t *testing.T) {
+	var r rec
+	r.job(t0, "j", hosts4, 2, 1000)
+	g := r.graph(Options{})
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := g.Why(Target{JobID: "j"}, 0); err != nil {
+					t.Error(err)
+					return
+				}
+				_ = g.Stats()
+			}
+		}()
+	}
+	var w rec
+	w.steady(t0, t0+200_000, "j", hosts4, 2, 1000)
+	w.stallOn(t0+100_000, t0+200_000, "j", hosts4, 2, 1000, 1)
+	for i := range w.evs {
+		g.Apply(&w.evs[i])
+	}
+	close(stop)
+	wg.Wait()
+	if res := mustWhy(t, g, Target{JobID: "j"}, 0); res.Ranks != 8 {
+		t.Fatalf("ranks %d", res.Ranks)
+	}
+}
