@@ -34,10 +34,7 @@ func (e *errInfo) sticky() bool { return e.weight >= 0.55 }
 func (g *Graph) apply(ev *event.Event) {
 	g.applied++
 	g.sinceGC++
-	ts := ev.TS
-	if ts > g.clock {
-		g.clock = ts
-	}
+	ts := g.advance(ev.TS)
 	h := g.hostFor(ev.NodeID)
 	if h.node != nil {
 		g.touch(h.node, ts)
@@ -105,11 +102,12 @@ func (g *Graph) apply(ev *event.Event) {
 			return
 		}
 		p := proc.proc
-		if ts >= p.stateTS {
+		current := ts >= p.stateTS
+		if current {
 			p.state = strings.Clone(ev.Value)
 			p.stateTS = ts
 		}
-		if IsStuckState(ev.Value) && p.lastRes.alive() {
+		if current && IsStuckState(ev.Value) && p.lastRes.alive() {
 			g.link(proc, p.lastRes, WaitsOn, ts)
 		}
 	case event.IntentRun:
@@ -133,10 +131,35 @@ func (g *Graph) apply(ev *event.Event) {
 		if proc != nil && target != proc && target.kind == KindResource {
 			g.use(proc, target, ts)
 		}
-		g.fault(h, target, ev)
+		g.fault(h, target, ev, ts)
 	case event.ActionExec:
 		// Recorded (counted), no causal edge.
 	}
+}
+
+// aheadRunLimit consecutive events beyond MaxSkew are a real jump in time
+// (a replay across a gap), not one host with a wrong clock.
+const aheadRunLimit = 64
+
+// advance moves the clock and returns the timestamp to apply the event at.
+func (g *Graph) advance(ts int64) int64 {
+	switch {
+	case g.clock == 0 || ts <= g.clock:
+		g.aheadRun = 0
+	case ts-g.clock <= g.skew:
+		g.aheadRun = 0
+	default:
+		g.aheadRun++
+		if g.aheadRun < aheadRunLimit {
+			g.stats.FutureClamped++
+			return g.clock
+		}
+		g.aheadRun = 0
+	}
+	if ts > g.clock {
+		g.clock = ts
+	}
+	return ts
 }
 
 // IsStuckState reports whether a process.state value means the process is
@@ -291,16 +314,22 @@ func clears(ev *event.Event) bool {
 	return strings.EqualFold(ev.Attrs.Get("state"), "cleared")
 }
 
-func (g *Graph) fault(h *host, target *node, ev *event.Event) {
+func (g *Graph) fault(h *host, target *node, ev *event.Event, ts int64) {
 	key := errorKey(ev)
-	var en *node
+	var en, oldest *node
+	faults := 0
 	for _, e := range target.out {
-		if e.typ == BlockedBy && e.to.entity == key {
+		if e.typ != BlockedBy {
+			continue
+		}
+		faults++
+		if e.to.entity == key {
 			en = e.to
-			break
+		}
+		if oldest == nil || e.to.last < oldest.last {
+			oldest = e.to
 		}
 	}
-	ts := ev.TS
 	clear := clears(ev)
 	if clear && ev.Type == event.TopoLinkDown {
 		// The link is back: that also ends the network errors it logged
@@ -315,14 +344,17 @@ func (g *Graph) fault(h *host, target *node, ev *event.Event) {
 		if clear {
 			return // nothing to clear
 		}
+		if faults >= g.opts.MaxErrorsPerEntity {
+			g.removeNode(oldest)
+			g.stats.EvictedNodes++
+		}
 		en = g.newNode(target.id+"#"+key, KindError, h, strings.Clone(key))
-		en.err = newErrInfo(ev, target)
+		en.err = newErrInfo(ev, target, ts)
 		g.errs[en] = struct{}{}
 	}
 	ei := en.err
 	g.touch(en, ts)
 	g.link(target, en, BlockedBy, ts)
-	ei.count++
 	ei.addEvidence(ev, g.opts.MaxEvidence)
 	if clear {
 		if ts > ei.cleared {
@@ -330,13 +362,17 @@ func (g *Graph) fault(h *host, target *node, ev *event.Event) {
 		}
 		return
 	}
+	ei.count++
+	// A down that follows an up (or the first one) is a transition; a
+	// probe re-reporting "still down" is not a flap.
+	transition := ei.count == 1 || ei.cleared >= ei.lastSeen
 	if ts < ei.onset {
 		ei.onset = ts
 	}
 	if ts > ei.lastSeen {
 		ei.lastSeen = ts
 	}
-	if ev.Type == event.TopoLinkDown {
+	if ev.Type == event.TopoLinkDown && transition {
 		ei.downs = append(ei.downs, ts)
 		if cut := ts - g.opts.FlapWindow.Milliseconds(); len(ei.downs) > 1 {
 			i := 0
@@ -353,8 +389,8 @@ func (g *Graph) fault(h *host, target *node, ev *event.Event) {
 	}
 }
 
-func newErrInfo(ev *event.Event, on *node) *errInfo {
-	ei := &errInfo{typ: ev.Type, onset: ev.TS, lastSeen: ev.TS, on: on, weight: eventWeight(ev)}
+func newErrInfo(ev *event.Event, on *node, ts int64) *errInfo {
+	ei := &errInfo{typ: ev.Type, onset: ts, lastSeen: ts, on: on, weight: eventWeight(ev)}
 	if x, err := strconv.Atoi(ev.Attrs.Get(event.AttrXID)); err == nil {
 		ei.xid = x
 		if entry, ok := xid.Lookup(x); ok {
@@ -443,6 +479,9 @@ func (e *errInfo) addEvidence(ev *event.Event, limit int) {
 		e.evidence = append(e.evidence, ev.Clone())
 		return
 	}
+	if limit < 2 {
+		return // only the onset fits
+	}
 	// Keep the first event (the onset) and slide the rest.
 	copy(e.evidence[1:], e.evidence[2:])
 	e.evidence[len(e.evidence)-1] = ev.Clone()
@@ -508,9 +547,18 @@ func (g *Graph) edgeAlive(e *edge, at int64) bool {
 	case BlockedBy:
 		return g.activeAt(e.to.err, at)
 	case MemberOf:
-		// Membership lasts as long as the process is heard from.
+		// Membership lasts as long as the process is heard from, unless
+		// the pid has since joined another job.
+		if e.from.proc.job != e.to {
+			return false
+		}
 		return e.from.last >= at-g.ttl || g.usesFaulted(e.from, at)
 	default:
+		// A wait on a broken device, or on a rank whose device broke,
+		// lasts as long as the fault: hung ranks stop reporting.
+		if e.to.kind == KindProcess {
+			return g.usesFaulted(e.to, at)
+		}
 		return g.faulted(e.to, at)
 	}
 }
@@ -524,12 +572,20 @@ func (g *Graph) usesFaulted(p *node, at int64) bool {
 	return false
 }
 
+// freshRun fresh entries in a row end an expiry walk.
+const freshRun = 256
+
 func (g *Graph) expire(now int64) (nodes, edges int) {
 	// Edges, oldest first; one that must live is moved to the front. The
 	// walk visits each edge at most once.
-	for e, left := g.edges.tail, g.edges.len; e != nil && left > 0 && e.last < now-g.ttl; left-- {
+	// Arrival order is not timestamp order: skip over a bounded run of
+	// fresh entries before deciding the rest is fresh too.
+	fresh := 0
+	for e, left := g.edges.tail, g.edges.len; e != nil && left > 0 && fresh < freshRun; left-- {
 		prev := e.prev
-		if g.edgeAlive(e, now) {
+		if e.last >= now-g.ttl {
+			fresh++
+		} else if fresh = 0; g.edgeAlive(e, now) {
 			g.edges.moveToFront(e)
 		} else {
 			g.removeEdge(e)
@@ -550,9 +606,12 @@ func (g *Graph) expire(now int64) (nodes, edges int) {
 		}
 	}
 	// Nodes, oldest first; a node that still has edges is kept.
-	for n, left := g.nodes.tail, g.nodes.len; n != nil && left > 0 && n.last < now-g.ttl; left-- {
+	fresh = 0
+	for n, left := g.nodes.tail, g.nodes.len; n != nil && left > 0 && fresh < freshRun; left-- {
 		prev := n.prev
-		if len(n.out) == 0 && len(n.in) == 0 {
+		if n.last >= now-g.ttl {
+			fresh++
+		} else if fresh = 0; len(n.out) == 0 && len(n.in) == 0 {
 			g.removeNode(n)
 			nodes++
 		} else {

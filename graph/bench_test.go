@@ -14,7 +14,7 @@ import (
 
 // The synthetic cluster of the performance claims: 10,000 hosts with 8 GPUs
 // and 8 ranks each, in jobs of 512 ranks (64 hosts). One job has a fatal XID
-// on one GPU and every one of its ranks waits on a ring neighbour.
+// on one GPU and every one of its ranks waits on a ring neighbor.
 const (
 	benchHosts       = 10_000
 	benchGPUsPerHost = 8
@@ -61,7 +61,7 @@ func clusterEvents(fn func(*event.Event)) (faulty, healthy string, at int64) {
 		}
 	}
 	// Job 7 (hosts 448..511) breaks: an XID 79 on its 10th host, and every
-	// rank drops toward its ring neighbour and stalls.
+	// rank drops toward its ring neighbor and stalls.
 	ts += 30_000
 	faultyJob := 7
 	base := faultyJob * hostsPerJob

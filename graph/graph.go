@@ -89,13 +89,23 @@ type Options struct {
 	// waits on the device (default 32).
 	QDepthThreshold float64
 	// FlapCount down transitions within FlapWindow make a link flapping:
-	// it stays a cause while up for less than FlapHold (defaults 3, TTL, 2m).
+	// it stays a cause while up for less than FlapHold (defaults 3, TTL, TTL).
 	FlapCount  int
 	FlapWindow time.Duration
 	FlapHold   time.Duration
 	// MaxEvidence events are kept per error (default 8: the first and the
 	// most recent).
 	MaxEvidence int
+	// MaxErrors bounds error nodes (default 100,000) and MaxErrorsPerEntity
+	// the distinct faults kept per resource (default 32); the least recently
+	// reported go first.
+	MaxErrors          int
+	MaxErrorsPerEntity int
+	// MaxSkew is how far past the graph's clock one event may move it
+	// (default 10m). A later event is applied at the current clock and
+	// counted, so one host with a wrong clock cannot expire everything
+	// else; a run of them is a real jump and moves the clock.
+	MaxSkew time.Duration
 }
 
 func (o Options) withDefaults() Options {
@@ -124,10 +134,19 @@ func (o Options) withDefaults() Options {
 		o.FlapWindow = o.TTL
 	}
 	if o.FlapHold <= 0 {
-		o.FlapHold = 2 * time.Minute
+		o.FlapHold = o.TTL
 	}
 	if o.MaxEvidence <= 0 {
 		o.MaxEvidence = 8
+	}
+	if o.MaxErrors <= 0 {
+		o.MaxErrors = 100_000
+	}
+	if o.MaxErrorsPerEntity <= 0 {
+		o.MaxErrorsPerEntity = 32
+	}
+	if o.MaxSkew <= 0 {
+		o.MaxSkew = 10 * time.Minute
 	}
 	return o
 }
@@ -143,6 +162,7 @@ type Stats struct {
 	ExpiredNodes   uint64 // removed by TTL
 	ExpiredEdges   uint64 // removed by TTL
 	UnresolvedPeer uint64 // transport events whose peer matched no known rank
+	FutureClamped  uint64 // events too far ahead of the clock, applied at the clock
 }
 
 // Graph is the causal graph. It is safe for one writer and many concurrent
@@ -163,7 +183,9 @@ type Graph struct {
 
 	nodeCount [KindHost + 1]int
 	edgeCount [MemberOf + 1]int
-	clock     int64 // the latest event ts seen
+	clock     int64 // the latest event ts seen, within MaxSkew
+	skew      int64 // MaxSkew in ms
+	aheadRun  int   // consecutive events beyond MaxSkew
 	applied   uint64
 	stats     Stats
 	sinceGC   int
@@ -183,6 +205,7 @@ func New(opts Options) *Graph {
 		opts:  o,
 		ttl:   o.TTL.Milliseconds(),
 		etl:   o.ErrorTTL.Milliseconds(),
+		skew:  o.MaxSkew.Milliseconds(),
 		hosts: make(map[string]*host),
 		jobs:  make(map[string]*node),
 		addrs: make(map[string][]*node),
@@ -222,6 +245,7 @@ func (g *Graph) Stats() Stats {
 func (g *Graph) Apply(ev *event.Event) {
 	g.mu.Lock()
 	g.apply(ev)
+	g.enforceCaps()
 	g.maybeGC()
 	g.mu.Unlock()
 }
@@ -231,6 +255,7 @@ func (g *Graph) ApplyBatch(evs []event.Event) {
 	g.mu.Lock()
 	for i := range evs {
 		g.apply(&evs[i])
+		g.enforceCaps()
 	}
 	g.maybeGC()
 	g.mu.Unlock()
@@ -332,16 +357,32 @@ func (g *Graph) newNode(id string, kind Kind, h *host, entity string) *node {
 	g.nodeCount[kind]++
 	if inLRU(kind) {
 		g.nodes.pushFront(n)
-		for g.nodes.len > g.opts.MaxNodes {
-			victim := g.nodes.tail
-			if victim == n {
-				break
-			}
-			g.removeNode(victim)
-			g.stats.EvictedNodes++
-		}
 	}
 	return n
+}
+
+// enforceCaps evicts the least recently touched nodes and edges beyond the
+// limits. It runs after an event is fully applied, so it never takes a node
+// the event is still wiring up.
+func (g *Graph) enforceCaps() {
+	for g.edges.len > g.opts.MaxEdges {
+		g.removeEdge(g.edges.tail)
+		g.stats.EvictedEdges++
+	}
+	for g.nodes.len > g.opts.MaxNodes {
+		g.removeNode(g.nodes.tail)
+		g.stats.EvictedNodes++
+	}
+	for len(g.errs) > g.opts.MaxErrors {
+		var oldest *node
+		for en := range g.errs {
+			if oldest == nil || en.last < oldest.last {
+				oldest = en
+			}
+		}
+		g.removeNode(oldest)
+		g.stats.EvictedNodes++
+	}
 }
 
 func (g *Graph) touch(n *node, ts int64) {
@@ -412,14 +453,6 @@ func (g *Graph) link(from, to *node, t EdgeType, ts int64) *edge {
 		g.edgeCount[t]++
 		if t != BlockedBy {
 			g.edges.pushFront(e)
-			for g.edges.len > g.opts.MaxEdges {
-				victim := g.edges.tail
-				if victim == e {
-					break
-				}
-				g.removeEdge(victim)
-				g.stats.EvictedEdges++
-			}
 		}
 	} else if t != BlockedBy {
 		g.edges.moveToFront(e)
@@ -472,7 +505,12 @@ func (g *Graph) removeEdge(e *edge) {
 
 func (g *Graph) removeNode(n *node) {
 	for len(n.out) > 0 {
-		g.removeEdge(n.out[len(n.out)-1])
+		e := n.out[len(n.out)-1]
+		g.removeEdge(e)
+		if e.typ == BlockedBy && !e.to.dead {
+			// An error belongs to what it blocks and goes with it.
+			g.removeNode(e.to)
+		}
 	}
 	for len(n.in) > 0 {
 		g.removeEdge(n.in[len(n.in)-1])

@@ -208,7 +208,7 @@ func TestFlappingLinkStaysACauseWhileBrieflyUp(t *testing.T) {
 		t.Fatalf("a link that flapped 4 times and is up for 22s is flapping: %+v", res.Causes)
 	}
 	// Long after the last flap it is over.
-	if res := mustWhy(t, g, Target{JobID: "j"}, t0+60_000+3*60_000); len(res.Causes) != 0 {
+	if res := mustWhy(t, g, Target{JobID: "j"}, t0+60_000+6*60_000); len(res.Causes) != 0 {
 		t.Fatalf("flapping ended: %+v", res.Causes)
 	}
 }

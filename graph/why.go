@@ -429,8 +429,11 @@ func (w *walker) reverse(c *node) (next, dist []int32, reached int) {
 		}
 	}
 	w.queue = queue
-	if reached == 0 && w.isSrc(ci) {
-		reached = 1 // a host's own resource
+	if reached == 0 && c.kind == KindError {
+		// A fault on one of a host target's own (idle) resources.
+		if oi, ok := w.idx[c.err.on]; ok && w.isSrc(oi) {
+			reached = 1
+		}
 	}
 	return next, dist, reached
 }
