@@ -27,9 +27,10 @@ type errInfo struct {
 	on       *node // the resource or process it blocks
 }
 
-// sticky errors outlive the plain TTL: the device stays broken without
-// repeating itself.
-func (e *errInfo) sticky() bool { return e.weight >= 0.55 }
+// sticky errors outlive the plain TTL: a broken device or a down link stays
+// broken without repeating itself. Network errors (RDMA retries, timeouts)
+// are reported while they happen and are not sticky.
+func (e *errInfo) sticky() bool { return e.typ != event.ErrorNet && e.weight >= 0.55 }
 
 func (g *Graph) apply(ev *event.Event) {
 	g.applied++

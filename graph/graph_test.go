@@ -422,3 +422,37 @@ func TestConcurrentReadersAndOneWriter(t *testing.T) {
 		t.Fatalf("ranks %d", res.Ranks)
 	}
 }
+
+// Some probes report per-GPU utilization without pids and faults without
+// the process: the fault still explains a stuck job whose rank is on that
+// host, through the host, and does not touch a healthy one.
+func TestUnattributedFaultOnAStuckRanksHost(t *testing.T) {
+	var r rec
+	r.job(t0, "j", hosts4, 2, 1000)
+	r.job(t0, "ok", []string{"h9"}, 2, 9000)
+	for ts := t0; ts <= t0+60_000; ts += 2000 {
+		for hi, h := range hosts4 {
+			for i := range 2 {
+				pid := 1000 + int64(hi*100+i)
+				r.add(ts, event.ComputeUtil, h, "gpu-"+strconv.Itoa(i), "95", 0, "") // no pid
+				r.add(ts, event.ProcessState, h, "pid-"+strconv.FormatInt(pid, 10), "R", pid, "j")
+			}
+		}
+		r.add(ts, event.ProcessState, "h9", "pid-9000", "R", 9000, "ok")
+	}
+	r.add(t0+61_000, event.ErrorHW, "h2", "gpu-1", "Xid 79", 0, "", "xid", "79")
+	r.add(t0+61_000, event.ErrorHW, "h9", "gpu-1", "Xid 79", 0, "", "xid", "79")
+	r.stallOn(t0+62_000, t0+80_000, "j", hosts4, 2, 1000, 1)
+	g := r.graph(Options{})
+	res := mustWhy(t, g, Target{JobID: "j"}, 0)
+	if len(res.Causes) == 0 || res.Causes[0].NodeID != "h2" || res.Causes[0].EntityID != "gpu-1" {
+		t.Fatalf("first cause: %+v", res.Causes)
+	}
+	c := res.Causes[0]
+	if got := c.Chain[len(c.Chain)-2].Type; got != SameHost {
+		t.Fatalf("the inferred link must say so in the chain: %+v", c.Chain)
+	}
+	if res := mustWhy(t, g, Target{JobID: "ok"}, 0); len(res.Causes) != 0 {
+		t.Fatalf("a running job is not blamed on an unattributed fault: %+v", res.Causes)
+	}
+}

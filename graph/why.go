@@ -52,11 +52,13 @@ type Cause struct {
 	Action        string        `json:"action,omitempty"` // XID catalog immediate action
 	Sympathetic   bool          `json:"sympathetic,omitempty"`
 	Flapping      bool          `json:"flapping,omitempty"`
+	Downstream    bool          `json:"downstream,omitempty"` // likely a consequence of a higher-ranked fault
 	FirstSeen     int64         `json:"first_seen"`
 	LastSeen      int64         `json:"last_seen"`
 	Count         int           `json:"count"`
 	AffectedRanks int           `json:"affected_ranks"`
 	TotalRanks    int           `json:"total_ranks"`
+	Related       []string      `json:"related,omitempty"` // other faults of the same device
 	Chain         []Hop         `json:"chain"`
 	Evidence      []event.Event `json:"evidence"`
 }
@@ -125,6 +127,8 @@ type walker struct {
 	stuck bool
 	// scratch for reverse walks, reused across candidates
 	queue []int32
+	// inferred same-host links: resource seen index → process seen indexes
+	virtIn map[int32][]int32
 }
 
 // walkers recycles walk state: Why runs often on a large heap, and its
@@ -209,7 +213,21 @@ func (w *walker) forward() {
 	for _, s := range w.src {
 		w.visit(s)
 	}
-	for i := 0; i < len(w.seen); i++ {
+	w.bfs(0)
+	if w.stuck {
+		// Recordings do not always say which process uses which device
+		// (per-GPU samples without pids, storage without per-process I/O).
+		// For a stuck target, a fault on a host where a reached process
+		// runs, on a device nobody is known to use, is linked to that
+		// process through the host.
+		from := len(w.seen)
+		w.sameHost()
+		w.bfs(from)
+	}
+}
+
+func (w *walker) bfs(from int) {
+	for i := from; i < len(w.seen); i++ {
 		n := w.seen[i]
 		for _, e := range n.out {
 			if w.walkable(e) {
@@ -218,6 +236,50 @@ func (w *walker) forward() {
 		}
 	}
 }
+
+// sameHost adds virtual edges process → unowned faulted resource for the
+// reached processes' hosts.
+func (w *walker) sameHost() {
+	g := w.g
+	done := map[*host]bool{}
+	n := len(w.seen)
+	for i := 0; i < n; i++ {
+		p := w.seen[i]
+		if p.kind != KindProcess || p.host == nil || done[p.host] {
+			continue
+		}
+		done[p.host] = true
+		for _, r := range p.host.res {
+			if !g.faulted(r, w.at) || w.owned(r) {
+				continue
+			}
+			w.visit(r)
+			ri := w.idx[r]
+			if w.virtIn == nil {
+				w.virtIn = make(map[int32][]int32)
+			}
+			// Every reached process of the host gets the link.
+			for j := 0; j < n; j++ {
+				if q := w.seen[j]; q.kind == KindProcess && q.host == p.host {
+					w.virtIn[ri] = append(w.virtIn[ri], int32(j))
+				}
+			}
+		}
+	}
+}
+
+// owned reports whether some process is known to use r right now.
+func (w *walker) owned(r *node) bool {
+	for _, e := range r.in {
+		if (e.typ == Consumes || e.typ == WaitsOn) && w.g.edgeAlive(e, w.at) {
+			return true
+		}
+	}
+	return false
+}
+
+// SameHost is the chain hop type of an inferred same-host link.
+const SameHost = "SameHost"
 
 func (w *walker) visit(n *node) {
 	if _, ok := w.idx[n]; ok {
@@ -341,6 +403,7 @@ func (w *walker) rank() []Cause {
 		score      float64
 		next, dist []int32 // see reverse
 		ranks      int
+		down       bool // a consequence of another fault
 	}
 	out := make([]scored, 0, len(cs))
 	// Errors first, so a symptom they already explain can be dropped.
@@ -354,10 +417,24 @@ func (w *walker) rank() []Cause {
 		if !c.sym && c.weight >= xid.ActionWeight("RESTART_APP") {
 			actionable = append(actionable, next)
 		}
-		fan := float64(n) / float64(total)
+		out = append(out, scored{candidate: c, next: next, dist: dist, ranks: n})
+	}
+	for i := range out {
+		if w.downstream(out[i].candidate, func(j int) (candidate, []int32, bool) {
+			if j >= len(out) {
+				return candidate{}, nil, false
+			}
+			return out[j].candidate, out[j].next, true
+		}) {
+			out[i].weight *= 0.5
+			out[i].down = true
+		}
+	}
+	for i := range out {
+		c := &out[i]
+		fan := float64(c.ranks) / float64(total)
 		onset := 1 - float64(c.onset-minOnset)/span
-		s := wSeverity*c.weight + wFanIn*fan + wOnset*onset
-		out = append(out, scored{candidate: c, score: s, next: next, dist: dist, ranks: n})
+		c.score = wSeverity*c.weight + wFanIn*fan + wOnset*onset
 	}
 	sort.SliceStable(out, func(i, j int) bool {
 		a, b := out[i], out[j]
@@ -369,14 +446,92 @@ func (w *walker) rank() []Cause {
 		}
 		return a.n.id < b.n.id
 	})
-	if len(out) > maxCauses {
-		out = out[:maxCauses]
-	}
-	causes := make([]Cause, 0, len(out))
+	// One cause per device: a disk that times out, errors and resets is one
+	// fault with three messages. The best-scored error leads; the others
+	// add their counts, summaries and evidence.
+	causes := make([]Cause, 0, min(len(out), maxCauses))
+	byEntity := make(map[*node]int, len(out))
 	for _, s := range out {
-		causes = append(causes, w.cause(s.candidate, math.Round(s.score*1000)/1000, s.ranks, total, s.next, s.dist))
+		on := s.n
+		if !s.sym {
+			on = s.n.err.on
+		}
+		if i, ok := byEntity[on]; ok {
+			causes[i].absorb(s.n.err, w.g.opts.MaxEvidence)
+			continue
+		}
+		if len(causes) == maxCauses {
+			continue
+		}
+		byEntity[on] = len(causes)
+		c := w.cause(s.candidate, math.Round(s.score*1000)/1000, s.ranks, total, s.next, s.dist)
+		c.Downstream = s.down
+		causes = append(causes, c)
 	}
 	return causes
+}
+
+// maxRelated bounds the extra summaries listed on one cause.
+const maxRelated = 5
+
+// absorb folds another error of the same device into c.
+func (c *Cause) absorb(ei *errInfo, maxEvidence int) {
+	c.Count += ei.count
+	c.FirstSeen = min(c.FirstSeen, ei.onset)
+	c.LastSeen = max(c.LastSeen, ei.lastSeen)
+	if len(c.Related) < maxRelated {
+		c.Related = append(c.Related, ei.summary)
+	}
+	for _, ev := range ei.evidence {
+		if len(c.Evidence) >= 2*maxEvidence {
+			break
+		}
+		c.Evidence = append(c.Evidence, ev)
+	}
+	sort.SliceStable(c.Evidence, func(i, j int) bool { return c.Evidence[i].TS < c.Evidence[j].TS })
+}
+
+// downstream reports whether error c is most likely a consequence of
+// another fault: it is not fatal, and every process known to use its device
+// already reaches a different, earlier fault of at least degraded severity
+// (an RDMA retry error on the hosts that talk to a flapping link, an NCCL
+// timeout after a GPU fell off the bus).
+func (w *walker) downstream(c candidate, other func(int) (candidate, []int32, bool)) bool {
+	if c.sym || c.weight >= 0.85 {
+		return false
+	}
+	on := c.n.err.on
+	var users []int32
+	for _, e := range on.in {
+		if e.typ != Consumes && e.typ != WaitsOn {
+			continue
+		}
+		if ui, ok := w.idx[e.from]; ok && e.from.kind == KindProcess && w.g.edgeAlive(e, w.at) {
+			users = append(users, ui)
+		}
+	}
+	if len(users) == 0 {
+		return false
+	}
+	for j := 0; ; j++ {
+		o, next, ok := other(j)
+		if !ok {
+			return false
+		}
+		if o.sym || o.n == c.n || o.n.err.on == on || o.weight < 0.55 || o.onset > c.onset {
+			continue
+		}
+		all := true
+		for _, ui := range users {
+			if next[ui] < 0 {
+				all = false
+				break
+			}
+		}
+		if all {
+			return true
+		}
+	}
 }
 
 // explained reports whether every waiter of a symptom reaches an actionable
@@ -426,6 +581,13 @@ func (w *walker) reverse(c *node) (next, dist []int32, reached int) {
 			next[fi] = x
 			dist[fi] = dist[x] + 1
 			queue = append(queue, fi)
+		}
+		for _, from := range w.virtIn[x] {
+			if next[from] < 0 {
+				next[from] = x
+				dist[from] = dist[x] + 1
+				queue = append(queue, from)
+			}
 		}
 	}
 	w.queue = queue
@@ -490,7 +652,7 @@ func (w *walker) cause(c candidate, score float64, ranks, total int, next, dist 
 	}
 	for x := best; x >= 0 && next[x] != x; x = next[x] {
 		from, to := w.seen[x], w.seen[next[x]]
-		typ := "?"
+		typ := SameHost
 		for _, e := range from.out {
 			if e.to == to && w.walkable(e) {
 				typ = e.typ.String()

@@ -93,8 +93,17 @@ func writeTable(w *bytes.Buffer, rep Report) {
 		if c.Sympathetic {
 			flags = " [sympathetic]"
 		}
+		if c.Downstream {
+			flags = " [downstream]"
+		}
 		fmt.Fprintf(tw, "%d\t%.2f\t%s\t%s\t%s\t%s%s\t%d/%d\t%s\t%s\n", i+1, c.Score, c.Severity, c.NodeID, c.EntityID,
 			summary, flags, c.AffectedRanks, c.TotalRanks, ago(c.FirstSeen, res.At), action)
+		for _, r := range c.Related {
+			if len(r) > 70 {
+				r = r[:67] + "..."
+			}
+			fmt.Fprintf(tw, "\t\talso: %s\n", r)
+		}
 		fmt.Fprintf(tw, "\t\tchain: %s\n", ChainLine(c.Chain))
 		fmt.Fprintf(tw, "\t\tevidence: %d event(s), %d kept\n", c.Count, len(c.Evidence))
 	}
