@@ -1,0 +1,117 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ark-gpu/ark/exporter"
+	"github.com/ark-gpu/ark/exporter/probe"
+
+	// The probes register themselves.
+	_ "github.com/ark-gpu/ark/exporter/probes/procfs"
+)
+
+func newAgentCmd() *cobra.Command {
+	var (
+		cfg        exporter.Config
+		configFile string
+		logLevel   string
+		graphTTL   string
+		enable     = map[string]*bool{}
+		disable    = map[string]*bool{}
+	)
+	paths := probe.DefaultPaths()
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run the node agent: probes, local causal graph, Prometheus exporter",
+		Args:  noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			logger, err := newLogger(logLevel)
+			if err != nil {
+				return usageError{err}
+			}
+			cfg.Logger = logger
+			cfg.Paths = paths
+			if graphTTL != "" {
+				d, err := parseDuration(graphTTL)
+				if err != nil {
+					return usageError{fmt.Errorf("--graph.ttl: %w", err)}
+				}
+				cfg.GraphTTL = d
+			}
+			if configFile != "" {
+				fc, err := exporter.LoadConfigFile(configFile)
+				if err != nil {
+					return err
+				}
+				cfg.File = fc
+			}
+			cfg.Enabled = map[string]bool{}
+			for name, on := range enable {
+				off := disable[name]
+				switch {
+				case *on && *off:
+					return usageError{fmt.Errorf("--probe.%s and --no-probe.%s both given", name, name)}
+				case cmd.Flags().Changed("probe." + name):
+					cfg.Enabled[name] = true
+				case cmd.Flags().Changed("no-probe." + name):
+					cfg.Enabled[name] = false
+				}
+			}
+			if cfg.NodeName == "" {
+				cfg.NodeName = hostname()
+			}
+			a, err := exporter.New(cfg)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			logger.Info("starting ark agent", "node", cfg.NodeName, "version", version)
+			return a.Run(ctx)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.ListenAddress, "web.listen-address", ":9464", "address for /metrics and /healthz")
+	f.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this host's name in events (default: $NODE_NAME or the hostname)")
+	f.StringVar(&configFile, "config.file", "", "agent config file (YAML, one section per probe)")
+	f.StringVar(&graphTTL, "graph.ttl", "", "expire graph nodes and edges without events for this long (default 5m)")
+	f.StringVar(&logLevel, "log.level", "info", "log level: debug, info, warn, error")
+	f.IntVar(&cfg.BusBuffer, "bus.buffer", 1<<16, "events buffered per bus subscriber before drops")
+	f.StringVar(&paths.ProcFS, "path.procfs", paths.ProcFS, "procfs mountpoint")
+	f.StringVar(&paths.SysFS, "path.sysfs", paths.SysFS, "sysfs mountpoint")
+	f.StringVar(&paths.DevKmsg, "path.kmsg", paths.DevKmsg, "kernel log device (or a file/FIFO for tests)")
+	f.StringVar(&paths.PodResources, "path.pod-resources", paths.PodResources, "kubelet PodResources socket")
+	for _, s := range probe.Specs() {
+		state := "disabled"
+		if s.Default {
+			state = "enabled"
+		}
+		enable[s.Name] = f.Bool("probe."+s.Name, false, fmt.Sprintf("enable the %s probe: %s (default %s)", s.Name, s.Help, state))
+		disable[s.Name] = f.Bool("no-probe."+s.Name, false, "disable the "+s.Name+" probe")
+	}
+	f.SortFlags = true
+	return cmd
+}
+
+func hostname() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return "unknown"
+	}
+	return h
+}
+
+func newLogger(level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(strings.ToUpper(level))); err != nil {
+		return nil, fmt.Errorf("--log.level: %w", err)
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: l})), nil
+}

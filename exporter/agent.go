@@ -1,0 +1,402 @@
+// Package exporter is Ark's node agent: it runs the probes, fans their
+// events out on a bus to the local causal graph and the metrics, and serves
+// them as a Prometheus exporter (ARCHITECTURE.md §1, §5).
+package exporter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ark-gpu/ark/event"
+	"github.com/ark-gpu/ark/exporter/probe"
+	"github.com/ark-gpu/ark/graph"
+)
+
+// Config configures an Agent.
+type Config struct {
+	NodeName      string
+	ListenAddress string // --web.listen-address; "" serves no HTTP
+	Paths         probe.Paths
+	File          *FileConfig // the parsed --config.file, may be nil
+	GraphTTL      time.Duration
+	// Enabled overrides each probe's default (--probe.X / --no-probe.X).
+	Enabled map[string]bool
+	// BusBuffer is each bus subscriber's buffer, in events (default 65536).
+	BusBuffer int
+	Logger    *slog.Logger
+	// Factories replace registered probes' factories (tests inject mocks).
+	Factories map[string]probe.Factory
+	// Pods and GPUs, when set, are handed to every probe.
+	Pods probe.PodLookup
+	GPUs probe.GPUResolver
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// ProbeStatus says how a probe is doing.
+type ProbeStatus struct {
+	Name   string `json:"name"`
+	State  string `json:"state"` // running, inactive, failed, disabled
+	Reason string `json:"reason,omitempty"`
+}
+
+// Agent is the node agent.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	bus     *Bus
+	graph   *graph.Graph
+	tracker *tracker
+	counts  *eventCounters
+
+	probeDur     *prometheus.GaugeVec
+	probeSuccess *prometheus.GaugeVec
+
+	mu     sync.Mutex
+	status map[string]*ProbeStatus
+	ready  chan struct{}
+	srv    *http.Server
+	lis    net.Listener
+}
+
+// New builds an agent; Run starts it.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.BusBuffer <= 0 {
+		cfg.BusBuffer = 1 << 16
+	}
+	if cfg.Paths == (probe.Paths{}) {
+		cfg.Paths = probe.DefaultPaths()
+	}
+	if cfg.NodeName == "" {
+		return nil, errors.New("agent: node name is required")
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
+	g := graph.New(graph.Options{TTL: cfg.GraphTTL})
+	a := &Agent{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		reg:     reg,
+		bus:     NewBus(reg),
+		graph:   g,
+		tracker: newTracker(g.Options().TTL, func() int64 { return cfg.Now().UnixMilli() }),
+		counts:  newEventCounters(reg),
+		probeDur: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ark_probe_duration_seconds",
+			Help: "How long the probe's last poll (or state change) took.",
+		}, []string{"probe"}),
+		probeSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ark_probe_success",
+			Help: "Whether the probe's last poll succeeded (1) or failed (0).",
+		}, []string{"probe"}),
+		status: map[string]*ProbeStatus{},
+		ready:  make(chan struct{}),
+	}
+	reg.MustRegister(a.probeDur, a.probeSuccess, newGraphCollector(g), a.tracker)
+	a.bus.Subscribe("graph", cfg.BusBuffer, g.ApplyBatch)
+	a.bus.Subscribe("metrics", cfg.BusBuffer, a.tracker.observe)
+	return a, nil
+}
+
+// Graph returns the agent's local causal graph.
+func (a *Agent) Graph() *graph.Graph { return a.graph }
+
+// Registry returns the agent's metrics registry.
+func (a *Agent) Registry() *prometheus.Registry { return a.reg }
+
+// Bus returns the agent's event bus; subscribe before Run.
+func (a *Agent) Bus() *Bus { return a.bus }
+
+// Tracker lists the processes the agent follows.
+func (a *Agent) Tracker() probe.Tracker { return a.tracker }
+
+// Addr returns the HTTP listener's address once Run has started it.
+func (a *Agent) Addr() net.Addr {
+	<-a.ready
+	if a.lis == nil {
+		return nil
+	}
+	return a.lis.Addr()
+}
+
+// Probes returns the probes' status, sorted by name.
+func (a *Agent) Probes() []ProbeStatus {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]ProbeStatus, 0, len(a.status))
+	for _, s := range a.status {
+		out = append(out, *s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func (a *Agent) setStatus(name, state, reason string) {
+	a.mu.Lock()
+	a.status[name] = &ProbeStatus{Name: name, State: state, Reason: reason}
+	a.mu.Unlock()
+}
+
+// Publish validates ev, fills in the node name, counts it and puts it on the
+// bus. Probes reach it through their Sink.
+func (a *Agent) Publish(ev *event.Event) bool {
+	if !ev.Type.Valid() {
+		a.counts.reject(event.ReasonUnknownType)
+		return false
+	}
+	if ev.EntityID == "" || ev.TS <= 0 {
+		a.counts.reject(event.ReasonMissingField)
+		return false
+	}
+	if ev.NodeID == "" {
+		ev.NodeID = a.cfg.NodeName
+	}
+	a.counts.byType[ev.Type].Inc()
+	return a.bus.Publish(ev)
+}
+
+// Handler serves /metrics, /healthz and a landing page.
+func (a *Agent) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{
+		ErrorLog:      slog.NewLogLogger(a.log.Handler(), slog.LevelError),
+		ErrorHandling: promhttp.ContinueOnError,
+	}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		_, _ = fmt.Fprintf(w, "<html><head><title>Ark agent</title></head><body><h1>Ark agent on %s</h1><p><a href=\"/metrics\">Metrics</a></p><ul>", a.cfg.NodeName)
+		for _, s := range a.Probes() {
+			_, _ = fmt.Fprintf(w, "<li>%s: %s %s</li>", s.Name, s.State, s.Reason)
+		}
+		_, _ = fmt.Fprint(w, "</ul></body></html>")
+	})
+	return mux
+}
+
+// Run starts the HTTP server, the bus and the probes, and blocks until ctx
+// ends or the listener fails.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 1)
+	if a.cfg.ListenAddress != "" {
+		lis, err := net.Listen("tcp", a.cfg.ListenAddress)
+		if err != nil {
+			close(a.ready)
+			return fmt.Errorf("listening on %s: %w", a.cfg.ListenAddress, err)
+		}
+		a.lis = lis
+		a.srv = &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("serving metrics: %w", err)
+				cancel()
+			}
+		}()
+		a.log.Info("serving metrics", "addr", lis.Addr().String())
+	}
+	close(a.ready)
+
+	busCtx, stopBus := context.WithCancel(context.Background())
+	var busWG sync.WaitGroup
+	busWG.Add(1)
+	go func() {
+		defer busWG.Done()
+		a.bus.Run(busCtx)
+	}()
+
+	// Expire the graph on the wall clock, so a quiet host forgets.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(30 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				a.graph.Expire(a.cfg.Now().UnixMilli())
+			}
+		}
+	}()
+
+	a.startProbes(ctx, &wg)
+	<-ctx.Done()
+	if a.srv != nil {
+		sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = a.srv.Shutdown(sctx)
+		scancel()
+	}
+	wg.Wait()
+	stopBus()
+	busWG.Wait()
+	select {
+	case err := <-errc:
+		return err
+	default:
+		return nil
+	}
+}
+
+func (a *Agent) startProbes(ctx context.Context, wg *sync.WaitGroup) {
+	var inactive []string
+	var startWG sync.WaitGroup
+	for _, spec := range probe.Specs() {
+		enabled := spec.Default
+		if v, ok := a.cfg.Enabled[spec.Name]; ok {
+			enabled = v
+		}
+		if !enabled {
+			a.setStatus(spec.Name, "disabled", "")
+			continue
+		}
+		factory := spec.New
+		if f, ok := a.cfg.Factories[spec.Name]; ok {
+			factory = f
+		}
+		env := a.env(spec.Name)
+		p, err := factory(env)
+		if err != nil {
+			if errors.Is(err, probe.ErrNoData) {
+				a.setStatus(spec.Name, "inactive", err.Error())
+				inactive = append(inactive, spec.Name+": "+err.Error())
+				continue
+			}
+			a.setStatus(spec.Name, "failed", err.Error())
+			a.log.Error("probe could not start", "probe", spec.Name, "err", err)
+			continue
+		}
+		a.setStatus(spec.Name, "running", "")
+		wg.Add(1)
+		startWG.Add(1)
+		go func() {
+			defer wg.Done()
+			a.runProbe(ctx, spec.Name, p, env, &startWG)
+		}()
+	}
+	// Give probes a moment to report absent hardware, so the startup log
+	// says which are inactive and why.
+	done := make(chan struct{})
+	go func() { startWG.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Second):
+	case <-ctx.Done():
+	}
+	for _, s := range a.Probes() {
+		if s.State == "inactive" {
+			inactive = append(inactive, s.Name+": "+s.Reason)
+		}
+	}
+	a.log.Info("probes started", "probes", a.Probes(), "inactive", inactive)
+}
+
+func (a *Agent) env(name string) probe.Env {
+	return probe.Env{
+		Logger:     a.log.With("probe", name),
+		Paths:      a.cfg.Paths,
+		NodeName:   a.cfg.NodeName,
+		Registerer: a.reg,
+		Config:     a.cfg.File.section(name),
+		Observe: func(d time.Duration, err error) {
+			a.probeDur.WithLabelValues(name).Set(d.Seconds())
+			ok := 1.0
+			if err != nil {
+				ok = 0
+			}
+			a.probeSuccess.WithLabelValues(name).Set(ok)
+		},
+		Reject:  a.counts.reject,
+		Tracker: a.tracker,
+		Pods:    a.cfg.Pods,
+		GPUs:    a.cfg.GPUs,
+	}
+}
+
+// Restart backoff for a probe whose Run fails.
+const (
+	probeBackoffMin = time.Second
+	probeBackoffMax = time.Minute
+)
+
+func (a *Agent) runProbe(ctx context.Context, name string, p probe.Probe, env probe.Env, started *sync.WaitGroup) {
+	sink := probe.SinkFunc(a.Publish)
+	backoff := probeBackoffMin
+	first := true
+	for {
+		// A probe that reaches its first poll without ErrNoData counts as
+		// started; Run returning at once with ErrNoData is reported.
+		t0 := time.Now()
+		errc := make(chan error, 1)
+		go func() { errc <- p.Run(ctx, sink) }()
+		var err error
+		if first {
+			select {
+			case err = <-errc:
+			case <-time.After(500 * time.Millisecond):
+				started.Done()
+				first = false
+				err = <-errc
+			}
+		} else {
+			err = <-errc
+		}
+		if first {
+			started.Done()
+			first = false
+		}
+		switch {
+		case ctx.Err() != nil:
+			return
+		case errors.Is(err, probe.ErrNoData):
+			a.setStatus(name, "inactive", err.Error())
+			a.log.Debug("probe inactive", "probe", name, "reason", err)
+			return
+		case err == nil:
+			a.setStatus(name, "stopped", "")
+			return
+		}
+		a.setStatus(name, "failed", err.Error())
+		env.Observe(time.Since(t0), err)
+		if time.Since(t0) > 10*probeBackoffMax {
+			backoff = probeBackoffMin
+		}
+		a.log.Warn("probe failed, restarting", "probe", name, "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, probeBackoffMax)
+		a.setStatus(name, "running", "")
+	}
+}

@@ -1,0 +1,74 @@
+package exporter
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// FileConfig is the agent's config file: one section per probe.
+//
+//	probes:
+//	  exec:
+//	    programs:
+//	      - name: nccl-watch
+//	        command: /opt/probes/nccl-watch
+//	  kmsg:
+//	    dedup_window: 10s
+type FileConfig struct {
+	Probes map[string]yaml.Node `yaml:"probes" json:"probes"`
+}
+
+// LoadConfig parses a config file's contents strictly: unknown top-level
+// keys are errors. Probe sections are checked by their probes.
+func LoadConfig(data []byte) (*FileConfig, error) {
+	var fc FileConfig
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&fc); err != nil && !errors.Is(err, io.EOF) {
+		return nil, err
+	}
+	return &fc, nil
+}
+
+// LoadConfigFile reads and parses path.
+func LoadConfigFile(path string) (*FileConfig, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading agent config: %w", err)
+	}
+	fc, err := LoadConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("parsing agent config %s: %w", path, err)
+	}
+	return fc, nil
+}
+
+// section returns a decoder for one probe's section: strict, and a no-op
+// when the section is absent.
+func (fc *FileConfig) section(name string) func(v any) error {
+	return func(v any) error {
+		if fc == nil {
+			return nil
+		}
+		node, ok := fc.Probes[name]
+		if !ok || node.Kind == 0 {
+			return nil
+		}
+		raw, err := yaml.Marshal(&node)
+		if err != nil {
+			return fmt.Errorf("probe %s config: %w", name, err)
+		}
+		dec := yaml.NewDecoder(bytes.NewReader(raw))
+		dec.KnownFields(true)
+		if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+			return fmt.Errorf("probe %s config: %s", name, strings.TrimPrefix(err.Error(), "yaml: "))
+		}
+		return nil
+	}
+}
