@@ -29,9 +29,13 @@ lint:
 fmt:
 	gofmt -w $$(git ls-files '*.go')
 
-## bench: the performance claims, on one core
+## bench: the performance claims, on one core, then the agent's own
+## CPU and RSS under a realistic load (BENCH_AGENT_SECS, default 30)
+BENCH_PKGS := ./event/ ./graph/ ./exporter/ ./exporter/probes/kmsg/
+BENCH_AGENT_SECS ?= 30
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem -cpu 1 -benchtime 2s ./event/ ./graph/
+	$(GO) test -run '^$$' -bench . -benchmem -cpu 1 -benchtime 2s $(BENCH_PKGS)
+	hack/bench-agent.sh $(BENCH_AGENT_SECS)
 
 ## fuzz: run the decoder fuzzer for a while (FUZZTIME=2m)
 FUZZTIME ?= 60s

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ark-gpu/ark/event"
+	"github.com/ark-gpu/ark/exporter/podresources"
 	"github.com/ark-gpu/ark/exporter/probe"
 	"github.com/ark-gpu/ark/graph"
 )
@@ -63,6 +64,8 @@ type Agent struct {
 
 	probeDur     *prometheus.GaugeVec
 	probeSuccess *prometheus.GaugeVec
+
+	pods *podresources.Client // nil when cfg.Pods was given
 
 	mu     sync.Mutex
 	status map[string]*ProbeStatus
@@ -111,6 +114,13 @@ func New(cfg Config) (*Agent, error) {
 		ready:  make(chan struct{}),
 	}
 	reg.MustRegister(a.probeDur, a.probeSuccess, newGraphCollector(g), a.tracker)
+	if cfg.Pods == nil && cfg.Paths.PodResources != "" {
+		// Pod attribution from the kubelet, when there is one.
+		a.pods = podresources.New(cfg.Paths.PodResources,
+			podresources.WithLogger(cfg.Logger.With("component", "podresources")),
+			podresources.WithRegisterer(reg))
+		a.cfg.Pods = a.pods
+	}
 	a.bus.Subscribe("graph", cfg.BusBuffer, g.ApplyBatch)
 	a.bus.Subscribe("metrics", cfg.BusBuffer, a.tracker.observe)
 	return a, nil
@@ -248,6 +258,16 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}
 	}()
+
+	if a.pods != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.pods.Run(ctx); err != nil {
+				a.log.Info("no pod attribution", "reason", err)
+			}
+		}()
+	}
 
 	a.startProbes(ctx, &wg)
 	<-ctx.Done()

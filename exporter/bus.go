@@ -60,9 +60,13 @@ func (b *Bus) Subscribe(name string, size int, handle func([]event.Event)) {
 }
 
 // Publish copies ev to every subscriber without blocking and reports
-// whether all of them took it.
+// whether all of them took it. Strings are immutable and shared; the attrs
+// are copied because decoders reuse their storage.
 func (b *Bus) Publish(ev *event.Event) bool {
-	c := ev.Clone()
+	c := *ev
+	if len(ev.Attrs) > 0 {
+		c.Attrs = append(event.Attrs(nil), ev.Attrs...)
+	}
 	ok := true
 	for _, s := range b.subs {
 		select {

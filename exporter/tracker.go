@@ -3,6 +3,7 @@ package exporter
 import (
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -86,8 +87,8 @@ func (t *tracker) observe(batch []event.Event) {
 		if ev.TS > p.lastSeen {
 			p.lastSeen = ev.TS
 		}
-		if ev.JobID != "" {
-			p.job = ev.JobID
+		if ev.JobID != "" && ev.JobID != p.job {
+			p.job = strings.Clone(ev.JobID) // not the whole decoded line
 		}
 		switch ev.Type {
 		case event.ComputeUtil, event.ComputeMem, event.TransportBW, event.StorageIOPS, event.StorageQDepth:
@@ -95,7 +96,11 @@ func (t *tracker) observe(batch []event.Event) {
 			if !ok {
 				continue
 			}
-			p.usage[usageKey{ev.EntityID, ev.Type}] = usageSample{v, ev.TS}
+			k := usageKey{ev.EntityID, ev.Type}
+			if _, ok := p.usage[k]; !ok {
+				k.resource = strings.Clone(k.resource)
+			}
+			p.usage[k] = usageSample{v, ev.TS}
 			if ev.Type == event.ComputeUtil && ev.TS >= p.gpuUtilTS {
 				p.gpuUtil, p.gpuUtilTS = v, ev.TS
 			}
