@@ -49,6 +49,14 @@ func (g *Graph) apply(ev *event.Event) {
 	var proc *node
 	if pid > 0 {
 		proc = g.process(h, pid, ts)
+		if st, ok := parseStartTime(ev); ok {
+			if old := proc.proc.startTime; old != 0 && old != st {
+				// The pid was reused: what we knew was another process.
+				g.removeNode(proc)
+				proc = g.process(h, pid, ts)
+			}
+			proc.proc.startTime = st
+		}
 		if ev.JobID != "" && ev.Type != event.IntentRun {
 			g.member(proc, ev.JobID, ts)
 		}

@@ -300,14 +300,15 @@ type node struct {
 }
 
 type procInfo struct {
-	pid      int64
-	rank     string
-	addr     string
-	job      *node
-	state    string
-	stateTS  int64
-	lastRes  *node
-	lastUsed int64
+	pid       int64
+	startTime uint64
+	rank      string
+	addr      string
+	job       *node
+	state     string
+	stateTS   int64
+	lastRes   *node
+	lastUsed  int64
 }
 
 type resInfo struct {

@@ -456,3 +456,29 @@ func TestUnattributedFaultOnAStuckRanksHost(t *testing.T) {
 		t.Fatalf("a running job is not blamed on an unattributed fault: %+v", res.Causes)
 	}
 }
+
+func TestProcessesAndPidReuse(t *testing.T) {
+	g := New(Options{})
+	g.Apply(&event.Event{TS: t0, Type: event.IntentRun, NodeID: "h", EntityID: "pid-5", PID: 5, JobID: "a", Value: "running",
+		Attrs: event.Attrs{{Key: "rank", Value: "3"}}})
+	g.Apply(&event.Event{TS: t0 + 1, Type: event.ProcessState, NodeID: "h", EntityID: "pid-5", PID: 5, JobID: "a", Value: "S",
+		Attrs: event.Attrs{{Key: AttrStartTime, Value: "1000"}}})
+	g.Apply(&event.Event{TS: t0 + 2, Type: event.ComputeUtil, NodeID: "h", EntityID: "gpu-0", PID: 5, JobID: "a", Value: "90"})
+	ps := g.Processes(ProcessFilter{Node: "h"})
+	if len(ps) != 1 || ps[0].JobID != "a" || ps[0].Rank != "3" || ps[0].StartTime != 1000 || len(ps[0].Resources) != 1 {
+		t.Fatalf("%+v", ps)
+	}
+	if j, ok := g.JobOf("h", 5); !ok || j != "a" {
+		t.Fatalf("JobOf: %q %v", j, ok)
+	}
+	// Another process gets pid 5: the old one's job and edges are gone.
+	g.Apply(&event.Event{TS: t0 + 3, Type: event.ProcessState, NodeID: "h", EntityID: "pid-5", PID: 5, Value: "R",
+		Attrs: event.Attrs{{Key: AttrStartTime, Value: "2000"}}})
+	ps = g.Processes(ProcessFilter{Node: "h"})
+	if len(ps) != 1 || ps[0].JobID != "" || ps[0].StartTime != 2000 || len(ps[0].Resources) != 0 {
+		t.Fatalf("after reuse: %+v", ps)
+	}
+	if res := mustWhy(t, g, Target{JobID: "a"}, 0); res.Ranks != 0 {
+		t.Fatalf("job a lost its only rank: %+v", res)
+	}
+}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/exporter/probe"
+	"github.com/ark-gpu/ark/graph"
 )
 
 func init() {
@@ -277,6 +278,11 @@ func (p *Probe) emit(sink probe.Sink, pid int64, pr *proc, state string, now tim
 		PID:      pid,
 		JobID:    pr.job,
 		Value:    state,
+	}
+	if pr.start != 0 && state != "exited" {
+		// Lets the executor tell this process from a later one with the
+		// same pid.
+		ev.Attrs = event.Attrs{{Key: graph.AttrStartTime, Value: strconv.FormatUint(pr.start, 10)}}
 	}
 	sink.Emit(&ev)
 }

@@ -1,0 +1,136 @@
+package graph
+
+import (
+	"sort"
+	"strconv"
+
+	"github.com/ark-gpu/ark/event"
+)
+
+// AttrStartTime is the process.state / intent.run attribute carrying the
+// process start time (clock ticks since boot, /proc/<pid>/stat field 22),
+// which lets an executor tell a reused pid from the process the graph saw.
+const AttrStartTime = "start_time"
+
+// ResourceUse is one resource a process uses or waits on.
+type ResourceUse struct {
+	ID       string `json:"id"`
+	Type     string `json:"type"` // Consumes or WaitsOn
+	LastSeen int64  `json:"last_seen"`
+	Count    uint32 `json:"count"`
+	Faulted  bool   `json:"faulted,omitempty"`
+}
+
+// Process is what the graph knows of one process.
+type Process struct {
+	Node      string        `json:"node"`
+	PID       int64         `json:"pid"`
+	JobID     string        `json:"job_id,omitempty"`
+	Rank      string        `json:"rank,omitempty"`
+	Addr      string        `json:"addr,omitempty"`
+	State     string        `json:"state,omitempty"`
+	StateTS   int64         `json:"state_ts,omitempty"`
+	Stuck     bool          `json:"stuck"`
+	StartTime uint64        `json:"start_time,omitempty"`
+	FirstSeen int64         `json:"first_seen"`
+	LastSeen  int64         `json:"last_seen"`
+	Resources []ResourceUse `json:"resources"`
+}
+
+// ProcessFilter selects processes; zero fields match all.
+type ProcessFilter struct {
+	Node  string
+	JobID string
+	PID   int64
+}
+
+// Processes returns the live processes matching f at the graph's clock,
+// sorted by node then pid.
+func (g *Graph) Processes(f ProcessFilter) []Process {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	at := g.clock
+	var out []Process
+	for name, h := range g.hosts {
+		if f.Node != "" && name != f.Node {
+			continue
+		}
+		for pid, n := range h.procs {
+			if f.PID != 0 && pid != f.PID {
+				continue
+			}
+			if n.last < at-g.ttl && !g.usesFaulted(n, at) {
+				continue
+			}
+			p := g.process0(n, at)
+			if f.JobID != "" && p.JobID != f.JobID {
+				continue
+			}
+			out = append(out, p)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Node != out[j].Node {
+			return out[i].Node < out[j].Node
+		}
+		return out[i].PID < out[j].PID
+	})
+	return out
+}
+
+func (g *Graph) process0(n *node, at int64) Process {
+	pi := n.proc
+	p := Process{
+		PID: pi.pid, Rank: pi.rank, Addr: pi.addr, State: pi.state, StateTS: pi.stateTS,
+		Stuck: IsStuckState(pi.state), StartTime: pi.startTime, FirstSeen: n.first, LastSeen: n.last,
+		Resources: []ResourceUse{},
+	}
+	if n.host != nil {
+		p.Node = n.host.name
+	}
+	if pi.job.alive() {
+		p.JobID = pi.job.entity
+	}
+	for _, e := range n.out {
+		if (e.typ != Consumes && e.typ != WaitsOn) || !g.edgeAlive(e, at) {
+			continue
+		}
+		p.Resources = append(p.Resources, ResourceUse{ID: e.to.id, Type: e.typ.String(), LastSeen: e.last, Count: e.count,
+			Faulted: e.to.kind == KindResource && g.faulted(e.to, at)})
+	}
+	sort.Slice(p.Resources, func(i, j int) bool {
+		a, b := p.Resources[i], p.Resources[j]
+		if a.Type != b.Type {
+			return a.Type == WaitsOn.String() // waits first: they matter most
+		}
+		if a.LastSeen != b.LastSeen {
+			return a.LastSeen > b.LastSeen
+		}
+		return a.ID < b.ID
+	})
+	return p
+}
+
+// JobOf returns the job a process on node belongs to.
+func (g *Graph) JobOf(node string, pid int64) (string, bool) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	h := g.hosts[node]
+	if h == nil {
+		return "", false
+	}
+	n := h.procs[pid]
+	if n == nil || !n.proc.job.alive() {
+		return "", false
+	}
+	return n.proc.job.entity, true
+}
+
+func parseStartTime(ev *event.Event) (uint64, bool) {
+	v := ev.Attrs.Get(AttrStartTime)
+	if v == "" {
+		return 0, false
+	}
+	st, err := strconv.ParseUint(v, 10, 64)
+	return st, err == nil
+}
