@@ -66,6 +66,7 @@ type Agent struct {
 	probeSuccess *prometheus.GaugeVec
 
 	pods *podresources.Client // nil when cfg.Pods was given
+	gpus lateGPUs
 
 	mu     sync.Mutex
 	status map[string]*ProbeStatus
@@ -114,6 +115,9 @@ func New(cfg Config) (*Agent, error) {
 		ready:  make(chan struct{}),
 	}
 	reg.MustRegister(a.probeDur, a.probeSuccess, newGraphCollector(g), a.tracker)
+	if cfg.GPUs != nil {
+		a.gpus.set(cfg.GPUs)
+	}
 	if cfg.Pods == nil && cfg.Paths.PodResources != "" {
 		// Pod attribution from the kubelet, when there is one.
 		a.pods = podresources.New(cfg.Paths.PodResources,
@@ -315,6 +319,9 @@ func (a *Agent) startProbes(ctx context.Context, wg *sync.WaitGroup) {
 			a.log.Error("probe could not start", "probe", spec.Name, "err", err)
 			continue
 		}
+		if r, ok := p.(probe.GPUResolver); ok {
+			a.gpus.set(r)
+		}
 		a.setStatus(spec.Name, "running", "")
 		wg.Add(1)
 		startWG.Add(1)
@@ -358,8 +365,34 @@ func (a *Agent) env(name string) probe.Env {
 		Reject:  a.counts.reject,
 		Tracker: a.tracker,
 		Pods:    a.cfg.Pods,
-		GPUs:    a.cfg.GPUs,
+		GPUs:    &a.gpus,
 	}
+}
+
+// lateGPUs resolves PCI bus ids through whichever probe can (NVML), even
+// one built after the probe asking (kmsg).
+type lateGPUs struct {
+	mu sync.RWMutex
+	r  probe.GPUResolver
+}
+
+func (l *lateGPUs) set(r probe.GPUResolver) {
+	l.mu.Lock()
+	if l.r == nil {
+		l.r = r
+	}
+	l.mu.Unlock()
+}
+
+// GPUIndexByPCI implements probe.GPUResolver.
+func (l *lateGPUs) GPUIndexByPCI(bus string) (int, bool) {
+	l.mu.RLock()
+	r := l.r
+	l.mu.RUnlock()
+	if r == nil {
+		return 0, false
+	}
+	return r.GPUIndexByPCI(bus)
 }
 
 // Restart backoff for a probe whose Run fails.

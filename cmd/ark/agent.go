@@ -14,6 +14,9 @@ import (
 	"github.com/ark-gpu/ark/exporter/probe"
 
 	// The probes register themselves.
+	_ "github.com/ark-gpu/ark/exporter/probes/execprobe"
+	_ "github.com/ark-gpu/ark/exporter/probes/kmsg"
+	_ "github.com/ark-gpu/ark/exporter/probes/nvml"
 	_ "github.com/ark-gpu/ark/exporter/probes/procfs"
 )
 
