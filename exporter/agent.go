@@ -292,8 +292,13 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 func (a *Agent) startProbes(ctx context.Context, wg *sync.WaitGroup) {
-	var inactive []string
-	var startWG sync.WaitGroup
+	type built struct {
+		name  string
+		p     probe.Probe
+		env   probe.Env
+		ready chan struct{} // closed at the probe's first poll or exit
+	}
+	var resolvers, others []built
 	for _, spec := range probe.Specs() {
 		enabled := spec.Default
 		if v, ok := a.cfg.Enabled[spec.Name]; ok {
@@ -308,27 +313,67 @@ func (a *Agent) startProbes(ctx context.Context, wg *sync.WaitGroup) {
 			factory = f
 		}
 		env := a.env(spec.Name)
+		ready := make(chan struct{})
+		var once sync.Once
+		observe := env.Observe
+		env.Observe = func(d time.Duration, err error) {
+			observe(d, err)
+			once.Do(func() { close(ready) })
+		}
 		p, err := factory(env)
 		if err != nil {
 			if errors.Is(err, probe.ErrNoData) {
 				a.setStatus(spec.Name, "inactive", err.Error())
-				inactive = append(inactive, spec.Name+": "+err.Error())
 				continue
 			}
 			a.setStatus(spec.Name, "failed", err.Error())
 			a.log.Error("probe could not start", "probe", spec.Name, "err", err)
 			continue
 		}
+		b := built{spec.Name, p, env, ready}
 		if r, ok := p.(probe.GPUResolver); ok {
 			a.gpus.set(r)
+			resolvers = append(resolvers, b)
+		} else {
+			others = append(others, b)
 		}
-		a.setStatus(spec.Name, "running", "")
+	}
+	var startWG sync.WaitGroup
+	start := func(b built) {
+		a.setStatus(b.name, "running", "")
 		wg.Add(1)
 		startWG.Add(1)
+		exited := make(chan struct{})
 		go func() {
 			defer wg.Done()
-			a.runProbe(ctx, spec.Name, p, env, &startWG)
+			defer close(exited)
+			a.runProbe(ctx, b.name, b.p, b.env, &startWG)
 		}()
+		go func() {
+			select {
+			case <-exited:
+			case <-ctx.Done():
+			case <-b.ready:
+				return
+			}
+			b.env.Observe(0, nil) // unblock waiters; harmless after exit
+		}()
+	}
+	// Probes that resolve PCI bus ids to GPUs (NVML) go first and get a
+	// moment to discover the GPUs, so the kernel-log probe names an XID's
+	// GPU from the first line it reads.
+	for _, b := range resolvers {
+		start(b)
+	}
+	for _, b := range resolvers {
+		select {
+		case <-b.ready:
+		case <-time.After(5 * time.Second):
+		case <-ctx.Done():
+		}
+	}
+	for _, b := range others {
+		start(b)
 	}
 	// Give probes a moment to report absent hardware, so the startup log
 	// says which are inactive and why.
@@ -339,12 +384,16 @@ func (a *Agent) startProbes(ctx context.Context, wg *sync.WaitGroup) {
 	case <-time.After(2 * time.Second):
 	case <-ctx.Done():
 	}
+	var running, inactive []string
 	for _, s := range a.Probes() {
-		if s.State == "inactive" {
-			inactive = append(inactive, s.Name+": "+s.Reason)
+		switch s.State {
+		case "inactive":
+			inactive = append(inactive, s.Name+" ("+s.Reason+")")
+		case "running":
+			running = append(running, s.Name)
 		}
 	}
-	a.log.Info("probes started", "probes", a.Probes(), "inactive", inactive)
+	a.log.Info("probes started", "running", running, "inactive", inactive)
 }
 
 func (a *Agent) env(name string) probe.Env {

@@ -20,6 +20,10 @@ import (
 	_ "github.com/ark-gpu/ark/exporter/probes/procfs"
 )
 
+// probeOverrides replace registered probes' factories; a test build
+// (-tags nvmlmock) fills it.
+var probeOverrides = map[string]probe.Factory{}
+
 func newAgentCmd() *cobra.Command {
 	var (
 		cfg        exporter.Config
@@ -70,6 +74,7 @@ func newAgentCmd() *cobra.Command {
 			if cfg.NodeName == "" {
 				cfg.NodeName = hostname()
 			}
+			cfg.Factories = probeOverrides
 			a, err := exporter.New(cfg)
 			if err != nil {
 				return err

@@ -22,13 +22,15 @@ func main() {
 	flag.Parse()
 
 	w := bufio.NewWriterSize(os.Stdout, 1<<16)
-	defer w.Flush()
+	defer func() { _ = w.Flush() }()
 	now := func() int64 { return time.Now().UnixMilli() }
 	for r := range *ranks {
 		fmt.Fprintf(w, `{"ts":%d,"event_type":"intent.run","entity_id":"pid-%d","value":"running","pid":%d,"job_id":%q,"attrs":{"rank":"%d","addr":"10.0.0.1:%d"}}`+"\n",
 			now(), 100000+r, 100000+r, *job, r, 29500+r)
 	}
-	w.Flush()
+	if err := w.Flush(); err != nil {
+		return
+	}
 	end := time.Now().Add(*duration)
 	tick := time.NewTicker(10 * time.Millisecond) // 100 slices a second
 	defer tick.Stop()

@@ -3,8 +3,8 @@
 // libnvidia-ml.so.1 loaded at run time) and
 //
 //   - exports GPU gauges named after dcgm-exporter's fields (the DCGM field
-//     is in each metric's help text), labelled gpu, uuid, modelName,
-//     Hostname, pci_bus_id and the pod, namespace and container the GPU is
+//     is in each metric's help text), labelled gpu, uuid, model_name,
+//     hostname, pci_bus_id and the pod, namespace and container the GPU is
 //     assigned to;
 //   - emits compute.util and compute.mem events for every process running on
 //     a GPU, so the causal graph learns which pid consumes which GPU;

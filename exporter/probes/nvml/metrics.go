@@ -9,7 +9,11 @@ import (
 
 // baseLabels are dcgm-exporter's GPU labels (it spells uuid "UUID"), with
 // the Kubernetes container the GPU is assigned to; empty when unknown.
-var baseLabels = [numBaseLabels]string{"gpu", "uuid", "modelName", "Hostname", "pci_bus_id", "pod", "namespace", "container"}
+// dcgm-exporter spells two of these modelName and Hostname; Prometheus'
+// lint (promtool check metrics) wants snake_case, so they are model_name and
+// hostname here. A metric_relabel_configs rule maps them for dashboards
+// built on dcgm-exporter (see deploy/ notes).
+var baseLabels = [numBaseLabels]string{"gpu", "uuid", "model_name", "hostname", "pci_bus_id", "pod", "namespace", "container"}
 
 func newDesc(name, help string, extra ...string) *prometheus.Desc {
 	return prometheus.NewDesc(name, help, append(slices.Clone(baseLabels[:]), extra...), nil)

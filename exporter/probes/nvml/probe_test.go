@@ -25,10 +25,10 @@ func TestMain(m *testing.M) {
 // with the extra labels spliced in at their sorted place by the caller.
 func labels(i int, pod, ns, ctr string, extra ...string) string {
 	kv := []string{
-		`Hostname="node-7"`,
+		`hostname="node-7"`,
 		fmt.Sprintf(`container=%q`, ctr),
 		fmt.Sprintf(`gpu="%d"`, i),
-		`modelName="Mock NVIDIA A100-SXM4-40GB"`,
+		`model_name="Mock NVIDIA A100-SXM4-40GB"`,
 		fmt.Sprintf(`namespace=%q`, ns),
 		fmt.Sprintf(`pci_bus_id="00000000:%02X:00.0"`, busOf[i]),
 		fmt.Sprintf(`pod=%q`, pod),
@@ -141,9 +141,6 @@ func TestMetricsAreNamedAndLabelledLikeDCGM(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, pr := range problems {
-		if strings.Contains(pr.Text, "camelCase") {
-			continue // modelName and Hostname are dcgm-exporter's spelling, kept on purpose
-		}
 		t.Errorf("lint: %s: %s", pr.Metric, pr.Text)
 	}
 }
