@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"sync"
 	"time"
@@ -33,7 +34,8 @@ type Config struct {
 	GraphTTL      time.Duration
 	// Enabled overrides each probe's default (--probe.X / --no-probe.X).
 	Enabled map[string]bool
-	// BusBuffer is each bus subscriber's buffer, in events (default 65536).
+	// BusBuffer is each bus subscriber's buffer, in events (default 16384,
+	// about 2 MiB: a subscriber drains at once when it is half full).
 	BusBuffer int
 	Logger    *slog.Logger
 	// Factories replace registered probes' factories (tests inject mocks).
@@ -43,6 +45,8 @@ type Config struct {
 	GPUs probe.GPUResolver
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// EnablePprof serves net/http/pprof under /debug/pprof/.
+	EnablePprof bool
 }
 
 // ProbeStatus says how a probe is doing.
@@ -84,7 +88,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.BusBuffer <= 0 {
-		cfg.BusBuffer = 1 << 16
+		cfg.BusBuffer = 1 << 14
 	}
 	if cfg.Paths == (probe.Paths{}) {
 		cfg.Paths = probe.DefaultPaths()
@@ -194,6 +198,12 @@ func (a *Agent) Handler() http.Handler {
 		ErrorLog:      slog.NewLogLogger(a.log.Handler(), slog.LevelError),
 		ErrorHandling: promhttp.ContinueOnError,
 	}))
+	if a.cfg.EnablePprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})

@@ -134,7 +134,7 @@ func (p *program) runOnce(ctx context.Context, sink probe.Sink) error {
 	cmd.Env = append(cmd.Environ(), p.cfg.Env...)
 	// Its own process group, so a stop reaches the children it spawned.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	outR, outW, err := os.Pipe()
+	outR, outW, err := newPollPipe(readLinger)
 	if err != nil {
 		return p.startFailed(fmt.Errorf("creating stdout pipe: %w", err))
 	}
@@ -260,7 +260,7 @@ func (p *program) killGroupAfter(pgid int, deadline time.Time) {
 }
 
 // closeAll closes pipe ends; a pipe's close error carries nothing to act on.
-func closeAll(files ...*os.File) {
+func closeAll(files ...io.Closer) {
 	for _, f := range files {
 		_ = f.Close()
 	}
@@ -371,3 +371,7 @@ func (p *program) logStderr(line []byte, truncated bool) {
 	}
 	p.logger.Info("program stderr", "line", string(line))
 }
+
+// readLinger is how long the stdout reader rests after a short read, so a
+// program's small writes gather in the pipe (64 KiB) between reads.
+const readLinger = 500 * time.Millisecond
