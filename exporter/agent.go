@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ark-gpu/ark/event"
+	"github.com/ark-gpu/ark/exporter/ipc"
 	"github.com/ark-gpu/ark/exporter/podresources"
 	"github.com/ark-gpu/ark/exporter/probe"
 	"github.com/ark-gpu/ark/graph"
@@ -47,6 +48,8 @@ type Config struct {
 	Now func() time.Time
 	// EnablePprof serves net/http/pprof under /debug/pprof/.
 	EnablePprof bool
+	// Control is the local control plane: socket, audit, rules, executor.
+	Control ControlConfig
 }
 
 // ProbeStatus says how a probe is doing.
@@ -71,6 +74,7 @@ type Agent struct {
 
 	pods *podresources.Client // nil when cfg.Pods was given
 	gpus lateGPUs
+	ctl  *control
 
 	mu     sync.Mutex
 	status map[string]*ProbeStatus
@@ -131,8 +135,17 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.bus.Subscribe("graph", cfg.BusBuffer, g.ApplyBatch)
 	a.bus.Subscribe("metrics", cfg.BusBuffer, a.tracker.observe)
+	ctl, err := a.newControl()
+	if err != nil {
+		return nil, err
+	}
+	a.ctl = ctl
 	return a, nil
 }
+
+// ReloadRules reloads the rule files (the agent's SIGHUP) and returns the
+// problems found; files that fail keep their previous rules.
+func (a *Agent) ReloadRules() []error { return a.ctl.rules.Reload() }
 
 // Graph returns the agent's local causal graph.
 func (a *Agent) Graph() *graph.Graph { return a.graph }
@@ -282,6 +295,36 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := a.ctl.rules.Run(ctx); err != nil {
+			a.log.Error("rules watcher stopped", "err", err)
+		}
+	}()
+	if a.cfg.Control.Socket != "" {
+		srv, err := ipc.NewServer(ipc.Config{Path: a.cfg.Control.Socket, Group: a.cfg.Control.SocketGroup,
+			AdminGroup: a.cfg.Control.AdminGroup, Logger: a.log.With("component", "ipc")})
+		if err == nil {
+			err = srv.Listen()
+		}
+		if err != nil {
+			cancel()
+			wg.Wait()
+			stopBus()
+			busWG.Wait()
+			return fmt.Errorf("control socket: %w", err)
+		}
+		a.ctl.register(srv)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := srv.Serve(ctx); err != nil {
+				a.log.Error("control socket stopped", "err", err)
+			}
+		}()
+		a.log.Info("control socket ready", "path", a.cfg.Control.Socket)
+	}
 
 	a.startProbes(ctx, &wg)
 	<-ctx.Done()
@@ -293,6 +336,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Wait()
 	stopBus()
 	busWG.Wait()
+	if a.ctl.audit != nil {
+		if err := a.ctl.audit.Close(); err != nil {
+			a.log.Error("closing audit log", "err", err)
+		}
+	}
 	select {
 	case err := <-errc:
 		return err

@@ -11,7 +11,8 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// FileConfig is the agent's config file: one section per probe.
+// FileConfig is the agent's config file: one section per probe, and the
+// executor's section.
 //
 //	probes:
 //	  exec:
@@ -21,7 +22,30 @@ import (
 //	  kmsg:
 //	    dedup_window: 10s
 type FileConfig struct {
-	Probes map[string]yaml.Node `yaml:"probes" json:"probes"`
+	Probes   map[string]yaml.Node `yaml:"probes" json:"probes"`
+	Executor yaml.Node            `yaml:"executor" json:"executor"`
+}
+
+// Decode decodes a top-level section ("executor") strictly into v; an
+// absent section leaves v as it is.
+func (fc *FileConfig) Decode(section string, v any) error {
+	if fc == nil || section != "executor" || fc.Executor.Kind == 0 {
+		return nil
+	}
+	return decodeNode(section, &fc.Executor, v)
+}
+
+func decodeNode(name string, node *yaml.Node, v any) error {
+	raw, err := yaml.Marshal(node)
+	if err != nil {
+		return fmt.Errorf("%s config: %w", name, err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%s config: %s", name, strings.TrimPrefix(err.Error(), "yaml: "))
+	}
+	return nil
 }
 
 // LoadConfig parses a config file's contents strictly: unknown top-level
@@ -60,15 +84,6 @@ func (fc *FileConfig) section(name string) func(v any) error {
 		if !ok || node.Kind == 0 {
 			return nil
 		}
-		raw, err := yaml.Marshal(&node)
-		if err != nil {
-			return fmt.Errorf("probe %s config: %w", name, err)
-		}
-		dec := yaml.NewDecoder(bytes.NewReader(raw))
-		dec.KnownFields(true)
-		if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
-			return fmt.Errorf("probe %s config: %s", name, strings.TrimPrefix(err.Error(), "yaml: "))
-		}
-		return nil
+		return decodeNode("probe "+name, &node, v)
 	}
 }

@@ -134,3 +134,56 @@ func parseStartTime(ev *event.Event) (uint64, bool) {
 	st, err := strconv.ParseUint(v, 10, 64)
 	return st, err == nil
 }
+
+// EdgeFor names the edge an event makes in the graph (ARCHITECTURE §3's
+// "graph effect"), with namespaced ids, for rules that look at it; the type
+// is 0 when the event makes none. A cross-node wait on a peer is not
+// included: which rank the peer is depends on the graph.
+func EdgeFor(ev *event.Event, qdepthThreshold float64) (t EdgeType, from, to string) {
+	h := &host{name: ev.NodeID}
+	pid := ev.PID
+	if pid == 0 {
+		pid, _ = pidEntity(ev.EntityID)
+	}
+	proc := ""
+	if pid > 0 {
+		proc = nsID(h, "pid-"+strconv.FormatInt(pid, 10))
+	}
+	res := nsID(h, ev.EntityID)
+	n, _ := ev.Num()
+	switch ev.Type {
+	case event.ComputeUtil, event.ComputeMem, event.TransportBW, event.StorageIOPS:
+		t = Consumes
+	case event.TransportDrop:
+		t = Consumes
+		if n > 0 {
+			t = WaitsOn
+		}
+	case event.StorageQDepth:
+		t = Consumes
+		if n > qdepthThreshold {
+			t = WaitsOn
+		}
+	case event.IntentRun:
+		if proc == "" || ev.JobID == "" {
+			return 0, "", ""
+		}
+		return MemberOf, proc, "job/" + ev.JobID
+	case event.ErrorHW, event.ErrorNet, event.TopoLinkDown:
+		if clears(ev) {
+			return 0, "", ""
+		}
+		return BlockedBy, res, res + "#" + errorKey(ev)
+	case event.ProcessState:
+		if proc == "" || !IsStuckState(ev.Value) {
+			return 0, "", ""
+		}
+		return WaitsOn, proc, ""
+	default:
+		return 0, "", ""
+	}
+	if proc == "" || proc == res {
+		return 0, "", ""
+	}
+	return t, proc, res
+}

@@ -23,7 +23,8 @@ probes:
 YAML
 port=$((20000 + RANDOM % 10000))
 "$tmp/ark" agent --node-name bench --web.listen-address "127.0.0.1:$port" \
-	--config.file "$tmp/agent.yaml" --path.kmsg "$tmp/no-kmsg" --log.level warn &
+	--config.file "$tmp/agent.yaml" --path.kmsg "$tmp/no-kmsg" --log.level warn \
+	--ipc.socket "$tmp/ark.sock" --audit.file "$tmp/audit.log" &
 agent=$!
 
 # CPU time in ns from the scheduler's own accounting, summed over the

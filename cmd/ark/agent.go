@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ark-gpu/ark/exporter"
+	"github.com/ark-gpu/ark/exporter/ipc"
 	"github.com/ark-gpu/ark/exporter/probe"
 
 	// The probes register themselves.
@@ -58,6 +59,9 @@ func newAgentCmd() *cobra.Command {
 					return err
 				}
 				cfg.File = fc
+				if err := fc.Decode("executor", &cfg.Control.Executor); err != nil {
+					return err
+				}
 			}
 			cfg.Enabled = map[string]bool{}
 			for name, on := range enable {
@@ -81,6 +85,20 @@ func newAgentCmd() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			go func() {
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-hup:
+						errs := a.ReloadRules()
+						logger.Info("rules reloaded on SIGHUP", "problems", len(errs))
+					}
+				}
+			}()
 			logger.Info("starting ark agent", "node", cfg.NodeName, "version", version)
 			return a.Run(ctx)
 		},
@@ -93,6 +111,13 @@ func newAgentCmd() *cobra.Command {
 	f.StringVar(&logLevel, "log.level", "info", "log level: debug, info, warn, error")
 	f.BoolVar(&cfg.EnablePprof, "web.enable-pprof", false, "serve Go profiles under /debug/pprof/")
 	f.IntVar(&cfg.BusBuffer, "bus.buffer", 1<<14, "events buffered per bus subscriber before drops")
+	f.StringVar(&cfg.Control.Socket, "ipc.socket", ipc.DefaultSocket, "control socket for ark ps/why/diag/fix/events (\"\" serves none)")
+	f.StringVar(&cfg.Control.SocketGroup, "ipc.group", "", "group owning the control socket (its members may run read-only commands)")
+	f.StringVar(&cfg.Control.AdminGroup, "ipc.admin-group", "", "group whose members may run fix besides root")
+	f.StringVar(&cfg.Control.Audit.Path, "audit.file", "/var/log/ark/audit.log", "audit log of every action (\"\" disables actions)")
+	f.IntVar(&cfg.Control.Audit.MaxSizeMB, "audit.max-size-mb", 100, "rotate the audit log at this size")
+	f.IntVar(&cfg.Control.Audit.MaxBackups, "audit.max-backups", 10, "rotated audit logs to keep")
+	f.StringVar(&cfg.Control.RulesDir, "rules.dir", "", "directory of rule files, loaded over the default rules and reloaded on change or SIGHUP")
 	f.StringVar(&paths.ProcFS, "path.procfs", paths.ProcFS, "procfs mountpoint")
 	f.StringVar(&paths.SysFS, "path.sysfs", paths.SysFS, "sysfs mountpoint")
 	f.StringVar(&paths.DevKmsg, "path.kmsg", paths.DevKmsg, "kernel log device (or a file/FIFO for tests)")

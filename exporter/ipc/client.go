@@ -2,6 +2,7 @@ package ipc
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -86,7 +87,7 @@ func (c *Client) Stream(ctx context.Context, cmd string, args any, each func(jso
 			return fmt.Errorf("reading the agent's answer to %s: %w", cmd, err)
 		}
 		var resp Response
-		if err := json.Unmarshal(line, &resp); err != nil {
+		if err := unmarshalResponse(line, &resp); err != nil {
 			return fmt.Errorf("bad answer from the agent: %w", err)
 		}
 		if resp.ID != id && resp.ID != "" {
@@ -108,4 +109,20 @@ func (c *Client) Stream(ctx context.Context, cmd string, args any, each func(jso
 		}
 		return nil
 	}
+}
+
+// unmarshalResponse decodes a response line. A result written by the
+// server's envelope (the common case) is split off by position and decoded
+// once, by the caller, instead of being validated twice.
+func unmarshalResponse(line []byte, r *Response) error {
+	line = bytes.TrimRight(line, "\r\n")
+	if i := bytes.Index(line, []byte(`,"result":`)); i > 0 && bytes.HasPrefix(line, []byte(`{"v":`)) && bytes.HasSuffix(line, []byte("}")) &&
+		!bytes.Contains(line[:i], []byte(`"error"`)) {
+		if err := json.Unmarshal(append(line[:i:i], '}'), r); err != nil {
+			return err
+		}
+		r.Result = line[i+len(`,"result":`) : len(line)-1]
+		return nil
+	}
+	return json.Unmarshal(line, r)
 }

@@ -318,8 +318,13 @@ type connWriter struct {
 
 func (cw *connWriter) write(r *Response) error {
 	r.V = Version
-	b, err := json.Marshal(r)
-	if err != nil {
+	var b []byte
+	var err error
+	if r.Error == nil && len(r.Result) > 0 {
+		// The result is already JSON: write the envelope around it rather
+		// than have Marshal validate and compact it again.
+		b = appendEnvelope(make([]byte, 0, len(r.Result)+64), r)
+	} else if b, err = json.Marshal(r); err != nil {
 		return err
 	}
 	cw.mu.Lock()
@@ -329,6 +334,21 @@ func (cw *connWriter) write(r *Response) error {
 		return err
 	}
 	return cw.w.Flush()
+}
+
+func appendEnvelope(b []byte, r *Response) []byte {
+	b = append(b, `{"v":`...)
+	b = strconv.AppendInt(b, int64(r.V), 10)
+	b = append(b, `,"id":`...)
+	id, _ := json.Marshal(r.ID)
+	b = append(b, id...)
+	b = append(b, `,"ok":`...)
+	b = strconv.AppendBool(b, r.OK)
+	b = append(b, `,"done":`...)
+	b = strconv.AppendBool(b, r.Done)
+	b = append(b, `,"result":`...)
+	b = append(b, r.Result...)
+	return append(b, '}')
 }
 
 func (s *Server) serveConn(ctx context.Context, c *net.UnixConn) {
