@@ -35,8 +35,8 @@ type Config struct {
 	GraphTTL      time.Duration
 	// Enabled overrides each probe's default (--probe.X / --no-probe.X).
 	Enabled map[string]bool
-	// BusBuffer is each bus subscriber's buffer, in events (default 16384,
-	// about 2 MiB: a subscriber drains at once when it is half full).
+	// BusBuffer is each bus subscriber's buffer, in events (default 4096,
+	// about 0.5 MiB: a subscriber drains at once when it is half full).
 	BusBuffer int
 	Logger    *slog.Logger
 	// Factories replace registered probes' factories (tests inject mocks).
@@ -92,7 +92,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Now = time.Now
 	}
 	if cfg.BusBuffer <= 0 {
-		cfg.BusBuffer = 1 << 14
+		cfg.BusBuffer = 1 << 12
 	}
 	if cfg.Paths == (probe.Paths{}) {
 		cfg.Paths = probe.DefaultPaths()

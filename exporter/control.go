@@ -93,18 +93,22 @@ func (c *control) mirror(e audit.Entry) {
 // `ark events`.
 func (c *control) observe(batch []event.Event) {
 	g := graphView{c.a.graph}
+	rs := c.rules.RuleSet()
+	c.recent.addBatch(batch)
 	for i := range batch {
 		ev := &batch[i]
-		c.recent.add(ev)
+		if !rs.Triggers(ev.Type) {
+			continue
+		}
 		in := rules.Input{Event: ev, Graph: g}
 		if ev.PID > 0 {
 			in.Process = rules.Process{PID: ev.PID, JobID: ev.JobID}
-			if ps := c.a.graph.Processes(graph.ProcessFilter{Node: ev.NodeID, PID: ev.PID}); len(ps) == 1 {
-				in.Process = rules.Process{PID: ev.PID, JobID: ps[0].JobID, State: ps[0].State, Rank: ps[0].Rank}
+			if job, state, rank, ok := c.a.graph.ProcessInfo(ev.NodeID, ev.PID); ok {
+				in.Process = rules.Process{PID: ev.PID, JobID: job, State: state, Rank: rank}
 			}
 		}
 		in.Edge.Type, in.Edge.From, in.Edge.To = graph.EdgeFor(ev, c.a.graph.Options().QDepthThreshold)
-		for _, m := range c.rules.Evaluate(in) {
+		for _, m := range rs.Evaluate(in) {
 			c.matches.add(ev, m)
 			c.a.log.Info("rule matched", "rule", m.Rule, "severity", m.Severity, "pid", m.Target.PID, "entity", m.EntityID, "message", m.Message)
 		}
@@ -163,21 +167,24 @@ func newEventRing(n int) *eventRing {
 	return &eventRing{buf: make([]event.Event, n), subs: map[chan event.Event]struct{}{}}
 }
 
-func (r *eventRing) add(ev *event.Event) {
-	c := ev.Clone()
+// addBatch keeps the events as they are: strings are immutable, and the
+// bus copies an event's attrs once and no subscriber changes them.
+func (r *eventRing) addBatch(batch []event.Event) {
 	r.mu.Lock()
-	r.buf[r.next] = c
-	r.next = (r.next + 1) % len(r.buf)
-	if r.next == 0 {
-		r.full = true
-	}
-	for ch := range r.subs {
-		select {
-		case ch <- c:
-		default: // a slow follower misses events rather than stalling the bus
+	defer r.mu.Unlock()
+	for i := range batch {
+		r.buf[r.next] = batch[i]
+		r.next = (r.next + 1) % len(r.buf)
+		if r.next == 0 {
+			r.full = true
+		}
+		for ch := range r.subs {
+			select {
+			case ch <- batch[i]:
+			default: // a slow follower misses events rather than stalling the bus
+			}
 		}
 	}
-	r.mu.Unlock()
 }
 
 func (r *eventRing) last(n int, keep func(*event.Event) bool) []event.Event {

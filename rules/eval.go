@@ -158,6 +158,13 @@ func (rs *RuleSet) Rules() []*Rule {
 }
 
 // Len returns how many rules the set holds.
+// Triggers reports whether any rule triggers on events of type t, so a
+// caller can skip building an Input for the others.
+func (rs *RuleSet) Triggers(t event.Type) bool {
+	return rs != nil && len(rs.index[t]) > 0
+}
+
+// Len returns how many rules the set holds.
 func (rs *RuleSet) Len() int {
 	if rs == nil {
 		return 0
