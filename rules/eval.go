@@ -157,7 +157,6 @@ func (rs *RuleSet) Rules() []*Rule {
 	return append([]*Rule(nil), rs.rules...)
 }
 
-// Len returns how many rules the set holds.
 // Triggers reports whether any rule triggers on events of type t, so a
 // caller can skip building an Input for the others.
 func (rs *RuleSet) Triggers(t event.Type) bool {
