@@ -108,6 +108,10 @@ func (c *control) observe(batch []event.Event) {
 			}
 		}
 		in.Edge.Type, in.Edge.From, in.Edge.To = graph.EdgeFor(ev, c.a.graph.Options().QDepthThreshold)
+		// Rules on an agent see this host's ids without the host prefix
+		// ("network-ib0", "pid-42"), as rule authors write them.
+		in.Edge.From = strings.TrimPrefix(in.Edge.From, ev.NodeID+"/")
+		in.Edge.To = strings.TrimPrefix(in.Edge.To, ev.NodeID+"/")
 		for _, m := range rs.Evaluate(in) {
 			c.matches.add(ev, m)
 			c.a.log.Info("rule matched", "rule", m.Rule, "severity", m.Severity, "pid", m.Target.PID, "entity", m.EntityID, "message", m.Message)

@@ -27,7 +27,8 @@ type Input struct {
 }
 
 // Edge is a graph edge as conditions see it: `edge.type`, `edge.from`,
-// `edge.to`, with graph ids such as "node-3/pid-42" and "node-3/network-ib0".
+// `edge.to`. The agent passes its own host's ids without the host prefix
+// ("pid-42", "network-ib0"); ids on other hosts keep it ("node-3/pid-42").
 type Edge struct {
 	Type     graph.EdgeType
 	From, To string
