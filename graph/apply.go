@@ -113,6 +113,13 @@ func (g *Graph) apply(ev *event.Event) {
 		p := proc.proc
 		current := ts >= p.stateTS
 		if current {
+			stuck := IsStuckState(ev.Value)
+			switch {
+			case stuck && (p.stuckSince == 0 || !IsStuckState(p.state)):
+				p.stuckSince = ts
+			case !stuck:
+				p.stuckSince = 0
+			}
 			p.state = strings.Clone(ev.Value)
 			p.stateTS = ts
 		}
@@ -227,6 +234,10 @@ func (g *Graph) indexAddr(p *node) {
 	g.addrs[a] = append(g.addrs[a], p)
 	ip := splitHost(a)
 	g.ips[ip] = append(g.ips[ip], p)
+	g.resolvePending(a, p)
+	if ip != a {
+		g.resolvePending(ip, p)
+	}
 }
 
 func dropNode(s []*node, n *node) []*node {
@@ -267,9 +278,18 @@ func (g *Graph) waitOnPeer(proc *node, peer string, ts int64) {
 		cands = g.ips[splitHost(peer)]
 	}
 	if len(cands) == 0 {
+		// The peer's rank may not be announced yet (events from hosts
+		// arrive in any order): remember the wait and link it when an
+		// intent.run brings that address.
 		g.stats.UnresolvedPeer++
+		g.addPending(peer, proc, ts)
 		return
 	}
+	g.linkPeers(proc, cands, ts, ts)
+}
+
+// linkPeers links proc to the ranks in cands, the same job preferred.
+func (g *Graph) linkPeers(proc *node, cands []*node, first, last int64) {
 	job := proc.proc.job
 	sameJob := 0
 	if job.alive() {
@@ -284,9 +304,88 @@ func (g *Graph) waitOnPeer(proc *node, peer string, ts int64) {
 		if c == proc || (sameJob > 0 && c.proc.job != job) {
 			continue
 		}
-		g.link(proc, c, WaitsOn, ts)
+		e := g.link(proc, c, WaitsOn, last)
+		e.first = min(e.first, first)
 		if n++; n >= maxPeerFanout {
 			break
+		}
+	}
+}
+
+// pendingWait is a wait on a peer address no known rank has yet.
+type pendingWait struct {
+	from        *node
+	first, last int64
+}
+
+// Bounds on remembered unresolved waits.
+const (
+	maxPendingPerPeer = 64
+	maxPending        = 100_000
+)
+
+func (g *Graph) addPending(peer string, proc *node, ts int64) {
+	ws := g.pending[peer]
+	for i := range ws {
+		if ws[i].from == proc {
+			ws[i].first = min(ws[i].first, ts)
+			ws[i].last = max(ws[i].last, ts)
+			return
+		}
+	}
+	if len(ws) >= maxPendingPerPeer || g.npending >= maxPending {
+		g.stats.PendingDropped++
+		return
+	}
+	if len(ws) == 0 {
+		peer = strings.Clone(peer)
+	}
+	g.pending[peer] = append(ws, pendingWait{from: proc, first: ts, last: ts})
+	g.npending++
+}
+
+// resolvePending links the waits remembered for addr to p, now that p
+// announced it.
+func (g *Graph) resolvePending(addr string, p *node) {
+	ws, ok := g.pending[addr]
+	if !ok {
+		return
+	}
+	delete(g.pending, addr)
+	g.npending -= len(ws)
+	for _, w := range ws {
+		if w.from.alive() && w.from != p {
+			g.linkPeers(w.from, []*node{p}, w.first, w.last)
+		}
+	}
+}
+
+// settlePending resolves remembered waits by ip for peers whose exact
+// address never appeared (ephemeral ports), and forgets waits older than
+// the TTL.
+func (g *Graph) settlePending(now int64) {
+	for peer, ws := range g.pending {
+		if cands := g.ips[splitHost(peer)]; len(cands) > 0 {
+			delete(g.pending, peer)
+			g.npending -= len(ws)
+			for _, w := range ws {
+				if w.from.alive() {
+					g.linkPeers(w.from, cands, w.first, w.last)
+				}
+			}
+			continue
+		}
+		keep := ws[:0]
+		for _, w := range ws {
+			if w.from.alive() && w.last >= now-g.ttl {
+				keep = append(keep, w)
+			}
+		}
+		g.npending -= len(ws) - len(keep)
+		if len(keep) == 0 {
+			delete(g.pending, peer)
+		} else {
+			g.pending[peer] = keep
 		}
 	}
 }
@@ -496,24 +595,47 @@ func (e *errInfo) addEvidence(ev *event.Event, limit int) {
 	e.evidence[len(e.evidence)-1] = ev.Clone()
 }
 
+// Liveness of faults has three readings, chosen by a hold argument:
+//
+//   - holdNone: strictly current at the time asked;
+//   - a stall start (ms): also a fault that was current when the target's
+//     stall began, began no later than stallGrace after it, and has not
+//     cleared: a stall that goes on keeps its cause, even one that reported
+//     once (an XID 94 that killed a rank) or a network error;
+//   - holdAny: any fault not cleared, for expiry, so the edges a stall
+//     query may need are not swept away before the error itself.
+const (
+	holdNone   int64 = 0
+	holdAny    int64 = -1
+	stallGrace int64 = 60_000
+)
+
 // activeAt reports whether the fault is current at ts (ms).
-func (g *Graph) activeAt(ei *errInfo, at int64) bool {
+func (g *Graph) activeAt(ei *errInfo, at int64) bool { return g.activeHold(ei, at, holdNone) }
+
+func (g *Graph) activeHold(ei *errInfo, at, hold int64) bool {
 	if ei.onset > at {
 		return false
+	}
+	cleared := ei.cleared >= ei.lastSeen && ei.cleared <= at
+	if cleared {
+		// A link that went down FlapCount times recently is flapping: it
+		// stays a cause for FlapHold after it came back.
+		return g.flapping(ei, at)
 	}
 	ttl := g.ttl
 	if ei.sticky() {
 		ttl = g.etl
 	}
-	if ei.lastSeen < at-ttl {
-		return false
+	switch {
+	case ei.lastSeen >= at-ttl:
+		return true
+	case hold == holdAny:
+		return ei.lastSeen >= at-g.etl
+	case hold > 0:
+		return ei.onset <= hold+stallGrace && ei.lastSeen >= hold-g.ttl
 	}
-	if ei.cleared >= ei.lastSeen && ei.cleared <= at {
-		// A link that went down FlapCount times recently is flapping: it
-		// stays a cause for FlapHold after it came back.
-		return g.flapping(ei, at)
-	}
-	return true
+	return false
 }
 
 func (g *Graph) flapping(ei *errInfo, at int64) bool {
@@ -535,9 +657,11 @@ func (g *Graph) flapping(ei *errInfo, at int64) bool {
 // faulted reports whether resource n has a fault current at ts: edges into
 // it outlive the TTL while it does, so a GPU that went silent after falling
 // off the bus stays linked to the ranks that used it.
-func (g *Graph) faulted(n *node, at int64) bool {
+func (g *Graph) faulted(n *node, at int64) bool { return g.faultedHold(n, at, holdNone) }
+
+func (g *Graph) faultedHold(n *node, at, hold int64) bool {
 	for _, e := range n.out {
-		if e.typ == BlockedBy && g.activeAt(e.to.err, at) {
+		if e.typ == BlockedBy && g.activeHold(e.to.err, at, hold) {
 			return true
 		}
 	}
@@ -545,36 +669,39 @@ func (g *Graph) faulted(n *node, at int64) bool {
 }
 
 // edgeAlive reports whether e holds at time at.
-func (g *Graph) edgeAlive(e *edge, at int64) bool {
+func (g *Graph) edgeAlive(e *edge, at int64) bool { return g.edgeAliveHold(e, at, holdNone) }
+
+func (g *Graph) edgeAliveHold(e *edge, at, hold int64) bool {
 	if e.first > at {
 		return false
+	}
+	if e.typ == MemberOf && e.from.proc.job != e.to {
+		return false // the pid has since joined another job
 	}
 	if e.last >= at-g.ttl {
 		return true
 	}
 	switch e.typ {
 	case BlockedBy:
-		return g.activeAt(e.to.err, at)
+		return g.activeHold(e.to.err, at, hold)
 	case MemberOf:
-		// Membership lasts as long as the process is heard from, unless
-		// the pid has since joined another job.
-		if e.from.proc.job != e.to {
-			return false
-		}
-		return e.from.last >= at-g.ttl || g.usesFaulted(e.from, at)
+		// Membership lasts as long as the process is heard from.
+		return e.from.last >= at-g.ttl || g.usesFaultedHold(e.from, at, hold)
 	default:
 		// A wait on a broken device, or on a rank whose device broke,
 		// lasts as long as the fault: hung ranks stop reporting.
 		if e.to.kind == KindProcess {
-			return g.usesFaulted(e.to, at)
+			return g.usesFaultedHold(e.to, at, hold)
 		}
-		return g.faulted(e.to, at)
+		return g.faultedHold(e.to, at, hold)
 	}
 }
 
-func (g *Graph) usesFaulted(p *node, at int64) bool {
+func (g *Graph) usesFaulted(p *node, at int64) bool { return g.usesFaultedHold(p, at, holdNone) }
+
+func (g *Graph) usesFaultedHold(p *node, at, hold int64) bool {
 	for _, e := range p.out {
-		if (e.typ == Consumes || e.typ == WaitsOn) && e.to.kind == KindResource && g.faulted(e.to, at) {
+		if (e.typ == Consumes || e.typ == WaitsOn) && e.to.kind == KindResource && g.faultedHold(e.to, at, hold) {
 			return true
 		}
 	}
@@ -585,6 +712,7 @@ func (g *Graph) usesFaulted(p *node, at int64) bool {
 const freshRun = 256
 
 func (g *Graph) expire(now int64) (nodes, edges int) {
+	g.settlePending(now)
 	// Edges, oldest first; one that must live is moved to the front. The
 	// walk visits each edge at most once.
 	// Arrival order is not timestamp order: skip over a bounded run of
@@ -594,7 +722,7 @@ func (g *Graph) expire(now int64) (nodes, edges int) {
 		prev := e.prev
 		if e.last >= now-g.ttl {
 			fresh++
-		} else if fresh = 0; g.edgeAlive(e, now) {
+		} else if fresh = 0; g.edgeAliveHold(e, now, holdAny) {
 			g.edges.moveToFront(e)
 		} else {
 			g.removeEdge(e)
@@ -605,8 +733,10 @@ func (g *Graph) expire(now int64) (nodes, edges int) {
 	// Errors by their own TTL.
 	for en := range g.errs {
 		ei := en.err
+		// Uncleared faults stay in memory for the error TTL even when no
+		// longer current, so a long stall can still name its cause.
 		ttl := g.ttl
-		if ei.sticky() && ei.cleared < ei.lastSeen {
+		if ei.cleared < ei.lastSeen {
 			ttl = g.etl
 		}
 		if en.last < now-ttl {

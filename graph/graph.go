@@ -163,6 +163,7 @@ type Stats struct {
 	ExpiredEdges   uint64 // removed by TTL
 	UnresolvedPeer uint64 // transport events whose peer matched no known rank
 	FutureClamped  uint64 // events too far ahead of the clock, applied at the clock
+	PendingDropped uint64 // unresolved peer waits not remembered (bounds reached)
 }
 
 // Graph is the causal graph. It is safe for one writer and many concurrent
@@ -177,6 +178,9 @@ type Graph struct {
 	addrs map[string][]*node // "ip:port" or "ip" → processes (intent.run attrs.addr)
 	ips   map[string][]*node // ip of every addr → processes
 	errs  map[*node]struct{} // error nodes, kept out of the LRU
+	// waits on peers no known rank has announced yet, by peer address
+	pending  map[string][]pendingWait
+	npending int
 
 	nodes lruNodes
 	edges lruEdges
@@ -202,15 +206,16 @@ type host struct {
 func New(opts Options) *Graph {
 	o := opts.withDefaults()
 	return &Graph{
-		opts:  o,
-		ttl:   o.TTL.Milliseconds(),
-		etl:   o.ErrorTTL.Milliseconds(),
-		skew:  o.MaxSkew.Milliseconds(),
-		hosts: make(map[string]*host),
-		jobs:  make(map[string]*node),
-		addrs: make(map[string][]*node),
-		ips:   make(map[string][]*node),
-		errs:  make(map[*node]struct{}),
+		opts:    o,
+		ttl:     o.TTL.Milliseconds(),
+		etl:     o.ErrorTTL.Milliseconds(),
+		skew:    o.MaxSkew.Milliseconds(),
+		hosts:   make(map[string]*host),
+		jobs:    make(map[string]*node),
+		addrs:   make(map[string][]*node),
+		ips:     make(map[string][]*node),
+		errs:    make(map[*node]struct{}),
+		pending: make(map[string][]pendingWait),
 	}
 }
 
@@ -300,15 +305,16 @@ type node struct {
 }
 
 type procInfo struct {
-	pid       int64
-	startTime uint64
-	rank      string
-	addr      string
-	job       *node
-	state     string
-	stateTS   int64
-	lastRes   *node
-	lastUsed  int64
+	pid        int64
+	startTime  uint64
+	stuckSince int64 // when the current stuck state began, 0 when running
+	rank       string
+	addr       string
+	job        *node
+	state      string
+	stateTS    int64
+	lastRes    *node
+	lastUsed   int64
 }
 
 type resInfo struct {
@@ -663,4 +669,13 @@ func (l *lruEdges) moveToFront(e *edge) {
 	}
 	l.remove(e)
 	l.pushFront(e)
+}
+
+// Settle links remembered waits on peers whose exact address never
+// appeared to the ranks on the peer's ip, and forgets stale ones. Expiry
+// does it as well; call it before a query when replaying a recording.
+func (g *Graph) Settle() {
+	g.mu.Lock()
+	g.settlePending(g.clock)
+	g.mu.Unlock()
 }

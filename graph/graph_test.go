@@ -482,3 +482,37 @@ func TestProcessesAndPidReuse(t *testing.T) {
 		t.Fatalf("job a lost its only rank: %+v", res)
 	}
 }
+
+// Hosts' events arrive in any order: a wait on a peer whose rank is not
+// announced yet is remembered and linked when the announcement comes.
+func TestWaitOnAPeerAnnouncedLaterIsLinked(t *testing.T) {
+	g := New(Options{})
+	g.Apply(&event.Event{TS: t0, Type: event.IntentRun, NodeID: "a", EntityID: "pid-1", PID: 1, JobID: "j", Value: "running",
+		Attrs: event.Attrs{{Key: "addr", Value: "10.0.0.1:29500"}}})
+	g.Apply(&event.Event{TS: t0 + 1000, Type: event.TransportDrop, NodeID: "a", EntityID: "network-ib0", PID: 1, JobID: "j", Value: "9",
+		Attrs: event.Attrs{{Key: "peer", Value: "10.0.0.2:29500"}}})
+	g.Apply(&event.Event{TS: t0 + 1500, Type: event.TransportDrop, NodeID: "a", EntityID: "network-ib0", PID: 1, JobID: "j", Value: "9",
+		Attrs: event.Attrs{{Key: "peer", Value: "10.0.0.3:51234"}}}) // an ephemeral port
+	if g.Stats().Edges[WaitsOn] != 1 { // only the NIC so far
+		t.Fatalf("waits before the peers are known: %d", g.Stats().Edges[WaitsOn])
+	}
+	g.Apply(&event.Event{TS: t0 + 500, Type: event.IntentRun, NodeID: "b", EntityID: "pid-2", PID: 2, JobID: "j", Value: "running",
+		Attrs: event.Attrs{{Key: "addr", Value: "10.0.0.2:29500"}}})
+	g.Apply(&event.Event{TS: t0 + 500, Type: event.IntentRun, NodeID: "c", EntityID: "pid-3", PID: 3, JobID: "j", Value: "running",
+		Attrs: event.Attrs{{Key: "addr", Value: "10.0.0.3:29500"}}})
+	a, b, c := g.hosts["a"].procs[1], g.hosts["b"].procs[2], g.hosts["c"].procs[3]
+	e := a.findOut(b, WaitsOn)
+	if e == nil || e.first != t0+1000 {
+		t.Fatalf("exact peer linked on announcement with the wait's own time: %+v", e)
+	}
+	if a.findOut(c, WaitsOn) != nil {
+		t.Fatal("an ephemeral port is not matched until settled")
+	}
+	g.Settle()
+	if a.findOut(c, WaitsOn) == nil {
+		t.Fatal("settling matches an ephemeral port by ip")
+	}
+	if g.npending != 0 {
+		t.Fatalf("pending left: %d", g.npending)
+	}
+}

@@ -123,8 +123,12 @@ type walker struct {
 	// visited nodes in BFS order, with their index in idx
 	seen []*node
 	idx  map[*node]int32
-	// stuck reports whether any source process is stalled
+	// stuck reports whether any source process is stalled, stall since
+	// when the first of them has been; hold is the fault liveness the walk
+	// uses (see activeHold).
 	stuck bool
+	stall int64
+	hold  int64
 	// scratch for reverse walks, reused across candidates
 	queue []int32
 	// inferred same-host links: resource seen index → process seen indexes
@@ -156,8 +160,11 @@ func (w *walker) sources(t Target) {
 		w.src = append(w.src, n)
 		if n.kind == KindProcess {
 			w.ranks++
-			if IsStuckState(n.proc.state) && n.proc.stateTS >= w.at-g.ttl {
+			if IsStuckState(n.proc.state) && n.proc.stateTS >= w.at-g.ttl && n.proc.stateTS <= w.at {
 				w.stuck = true
+				if s := n.proc.stuckSince; s > 0 && (w.stall == 0 || s < w.stall) {
+					w.stall = s
+				}
 			}
 		}
 	}
@@ -169,7 +176,7 @@ func (w *walker) sources(t Target) {
 		}
 		w.found = true
 		for _, e := range j.in {
-			if e.typ == MemberOf && g.edgeAlive(e, w.at) {
+			if e.typ == MemberOf && g.edgeAliveHold(e, w.at, holdAny) {
 				add(e.from)
 			}
 		}
@@ -178,7 +185,7 @@ func (w *walker) sources(t Target) {
 		if h == nil {
 			return
 		}
-		if p := h.procs[t.PID]; p != nil && p.last >= w.at-g.ttl || p != nil && g.usesFaulted(p, w.at) {
+		if p := h.procs[t.PID]; p != nil && (p.last >= w.at-g.ttl || g.usesFaultedHold(p, w.at, holdAny)) {
 			w.found = true
 			add(p)
 		}
@@ -189,7 +196,7 @@ func (w *walker) sources(t Target) {
 		}
 		w.found = true
 		for _, p := range h.procs {
-			if p.first <= w.at && (p.last >= w.at-g.ttl || g.usesFaulted(p, w.at)) {
+			if p.first <= w.at && (p.last >= w.at-g.ttl || g.usesFaultedHold(p, w.at, holdAny)) {
 				add(p)
 			}
 		}
@@ -201,11 +208,17 @@ func (w *walker) sources(t Target) {
 	}
 	// Deterministic order: map iteration above is random.
 	sort.Slice(w.src, func(i, j int) bool { return w.src[i].id < w.src[j].id })
+	if w.stuck {
+		w.hold = w.stall
+		if w.hold == 0 {
+			w.hold = w.at
+		}
+	}
 }
 
 // walkable reports whether the walk follows edge e forward.
 func (w *walker) walkable(e *edge) bool {
-	return e.typ != MemberOf && w.g.edgeAlive(e, w.at)
+	return e.typ != MemberOf && w.g.edgeAliveHold(e, w.at, w.hold)
 }
 
 func (w *walker) forward() {
@@ -221,7 +234,7 @@ func (w *walker) forward() {
 		// runs, on a device nobody is known to use, is linked to that
 		// process through the host.
 		from := len(w.seen)
-		w.sameHost()
+		w.sameHost(w.reachingErrors())
 		w.bfs(from)
 	}
 }
@@ -237,9 +250,33 @@ func (w *walker) bfs(from int) {
 	}
 }
 
-// sameHost adds virtual edges process → unowned faulted resource for the
-// reached processes' hosts.
-func (w *walker) sameHost() {
+// reachingErrors marks the seen processes that already reach a current
+// error through real edges: one reverse walk from all of them.
+func (w *walker) reachingErrors() []bool {
+	reach := make([]bool, len(w.seen))
+	var queue []int32
+	for i, n := range w.seen {
+		if n.kind == KindError && w.g.activeHold(n.err, w.at, w.hold) {
+			reach[i] = true
+			queue = append(queue, int32(i))
+		}
+	}
+	for q := 0; q < len(queue); q++ {
+		for _, e := range w.seen[queue[q]].in {
+			fi, ok := w.idx[e.from]
+			if !ok || reach[fi] || !w.walkable(e) {
+				continue
+			}
+			reach[fi] = true
+			queue = append(queue, fi)
+		}
+	}
+	return reach
+}
+
+// sameHost adds virtual edges from stuck processes that reach no error to
+// the unowned faulted resources of their host.
+func (w *walker) sameHost(explained []bool) {
 	g := w.g
 	done := map[*host]bool{}
 	n := len(w.seen)
@@ -250,7 +287,7 @@ func (w *walker) sameHost() {
 		}
 		done[p.host] = true
 		for _, r := range p.host.res {
-			if !g.faulted(r, w.at) || w.owned(r) {
+			if !g.faultedHold(r, w.at, w.hold) || w.owned(r) {
 				continue
 			}
 			w.visit(r)
@@ -258,9 +295,10 @@ func (w *walker) sameHost() {
 			if w.virtIn == nil {
 				w.virtIn = make(map[int32][]int32)
 			}
-			// Every reached process of the host gets the link.
+			// Every stuck process of the host that nothing else explains
+			// gets the link.
 			for j := 0; j < n; j++ {
-				if q := w.seen[j]; q.kind == KindProcess && q.host == p.host {
+				if q := w.seen[j]; q.kind == KindProcess && q.host == p.host && !explained[j] && IsStuckState(q.proc.state) {
 					w.virtIn[ri] = append(w.virtIn[ri], int32(j))
 				}
 			}
@@ -271,7 +309,7 @@ func (w *walker) sameHost() {
 // owned reports whether some process is known to use r right now.
 func (w *walker) owned(r *node) bool {
 	for _, e := range r.in {
-		if (e.typ == Consumes || e.typ == WaitsOn) && w.g.edgeAlive(e, w.at) {
+		if (e.typ == Consumes || e.typ == WaitsOn) && w.g.edgeAliveHold(e, w.at, w.hold) {
 			return true
 		}
 	}
@@ -306,7 +344,7 @@ func (w *walker) candidates() []candidate {
 		switch {
 		case n.kind == KindError:
 			ei := n.err
-			if !g.activeAt(ei, w.at) {
+			if !g.activeHold(ei, w.at, w.hold) {
 				continue
 			}
 			c := candidate{n: n, weight: ei.weight, onset: ei.onset, last: ei.lastSeen,
@@ -336,13 +374,13 @@ func (w *walker) symptom(r *node) (candidate, bool) {
 	// Only a resource with direct evidence of waiting (drops, a saturated
 	// queue) is a symptom; a stuck process's inferred wait on the GPU it
 	// last used is not.
-	if r.res == nil || r.res.waitSeen == 0 || g.faulted(r, w.at) {
+	if r.res == nil || r.res.waitSeen == 0 || g.faultedHold(r, w.at, w.hold) {
 		return candidate{}, false
 	}
 	var first, last int64
 	var waiters []int32
 	for _, e := range r.in {
-		if e.typ != WaitsOn || !g.edgeAlive(e, w.at) {
+		if e.typ != WaitsOn || !g.edgeAliveHold(e, w.at, w.hold) {
 			continue
 		}
 		p := e.from
@@ -434,6 +472,9 @@ func (w *walker) rank() []Cause {
 		c := &out[i]
 		fan := float64(c.ranks) / float64(total)
 		onset := 1 - float64(c.onset-minOnset)/span
+		if w.stuck && w.stall > 0 {
+			onset = stallTiming(c.onset, w.stall)
+		}
 		c.score = wSeverity*c.weight + wFanIn*fan + wOnset*onset
 	}
 	sort.SliceStable(out, func(i, j int) bool {
@@ -506,7 +547,7 @@ func (w *walker) downstream(c candidate, other func(int) (candidate, []int32, bo
 		if e.typ != Consumes && e.typ != WaitsOn {
 			continue
 		}
-		if ui, ok := w.idx[e.from]; ok && e.from.kind == KindProcess && w.g.edgeAlive(e, w.at) {
+		if ui, ok := w.idx[e.from]; ok && e.from.kind == KindProcess && w.g.edgeAliveHold(e, w.at, w.hold) {
 			users = append(users, ui)
 		}
 	}
@@ -531,6 +572,18 @@ func (w *walker) downstream(c candidate, other func(int) (candidate, []int32, bo
 		if all {
 			return true
 		}
+	}
+}
+
+// stallTiming scores when a fault began against when the target's stall
+// began: a cause comes shortly before the stall. A fault long before it was
+// survived, and one after it is more likely a consequence.
+func stallTiming(onset, stall int64) float64 {
+	const before, after = 120_000.0, 30_000.0 // ms scales
+	if d := float64(stall - onset); d >= 0 {
+		return math.Exp(-d / before)
+	} else {
+		return 0.5 * math.Exp(d/after)
 	}
 }
 

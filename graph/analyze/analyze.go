@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sort"
 
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/graph"
@@ -42,11 +43,12 @@ func Run(r io.Reader, opts Options) (Report, error) {
 	d := event.NewDecoder(r, dopts...)
 	g := graph.New(opts.Graph)
 	var rep Report
-	const batch = 1024
-	buf := make([]event.Event, batch)
-	n := 0
+	// A recording is often several hosts' logs put together: replay it in
+	// time order, as the events happened, not as the files were joined.
+	var evs []event.Event
 	for {
-		err := d.Decode(&buf[n])
+		var ev event.Event
+		err := d.Decode(&ev)
 		if errors.Is(err, io.EOF) {
 			break
 		}
@@ -60,19 +62,19 @@ func Run(r io.Reader, opts Options) (Report, error) {
 		if err != nil {
 			return rep, fmt.Errorf("reading events at line %d: %w", d.Line()+1, err)
 		}
-		if opts.At > 0 && buf[n].TS > opts.At {
+		if opts.At > 0 && ev.TS > opts.At {
 			rep.Skipped++
 			continue
 		}
-		rep.Events++
-		// The graph copies what it keeps, so the batch (and the attrs
-		// storage the decoder reuses) can be refilled once applied.
-		if n++; n == batch {
-			g.ApplyBatch(buf)
-			n = 0
-		}
+		evs = append(evs, ev)
 	}
-	g.ApplyBatch(buf[:n])
+	sort.SliceStable(evs, func(i, j int) bool { return evs[i].TS < evs[j].TS })
+	const batch = 1024
+	for i := 0; i < len(evs); i += batch {
+		g.ApplyBatch(evs[i:min(i+batch, len(evs))])
+	}
+	rep.Events = uint64(len(evs))
+	g.Settle()
 	res, err := g.Why(opts.Target, opts.At)
 	if err != nil {
 		return rep, err
