@@ -610,9 +610,8 @@ const (
 	stallGrace int64 = 60_000
 )
 
-// activeAt reports whether the fault is current at ts (ms).
-func (g *Graph) activeAt(ei *errInfo, at int64) bool { return g.activeHold(ei, at, holdNone) }
-
+// activeHold reports whether the fault is current at at (ms), read as hold
+// says.
 func (g *Graph) activeHold(ei *errInfo, at, hold int64) bool {
 	if ei.onset > at {
 		return false

@@ -580,11 +580,11 @@ func (w *walker) downstream(c candidate, other func(int) (candidate, []int32, bo
 // survived, and one after it is more likely a consequence.
 func stallTiming(onset, stall int64) float64 {
 	const before, after = 120_000.0, 30_000.0 // ms scales
-	if d := float64(stall - onset); d >= 0 {
+	d := float64(stall - onset)
+	if d >= 0 {
 		return math.Exp(-d / before)
-	} else {
-		return 0.5 * math.Exp(d/after)
 	}
+	return 0.5 * math.Exp(d/after)
 }
 
 // explained reports whether every waiter of a symptom reaches an actionable
