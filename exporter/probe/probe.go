@@ -203,3 +203,19 @@ func Poll(ctx context.Context, env Env, interval time.Duration, poll func(contex
 		}
 	}
 }
+
+// RegisterOrReuse registers c on reg, or returns the collector already
+// registered under the same description: a probe built twice with the same
+// registry, or two probes sharing a metric (kmsg and NVML count XIDs).
+func RegisterOrReuse[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing, nil
+			}
+		}
+		return c, fmt.Errorf("registering metrics: %w", err)
+	}
+	return c, nil
+}

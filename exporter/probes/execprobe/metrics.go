@@ -1,10 +1,9 @@
 package execprobe
 
 import (
-	"errors"
-	"fmt"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ark-gpu/ark/exporter/probe"
 
 	"github.com/ark-gpu/ark/event"
 )
@@ -62,43 +61,28 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	var err error
-	if m.events, err = register(reg, m.events); err != nil {
+	if m.events, err = probe.RegisterOrReuse(reg, m.events); err != nil {
 		return nil, err
 	}
-	if m.dropped, err = register(reg, m.dropped); err != nil {
+	if m.dropped, err = probe.RegisterOrReuse(reg, m.dropped); err != nil {
 		return nil, err
 	}
-	if m.rejected, err = register(reg, m.rejected); err != nil {
+	if m.rejected, err = probe.RegisterOrReuse(reg, m.rejected); err != nil {
 		return nil, err
 	}
-	if m.stderrDropped, err = register(reg, m.stderrDropped); err != nil {
+	if m.stderrDropped, err = probe.RegisterOrReuse(reg, m.stderrDropped); err != nil {
 		return nil, err
 	}
-	if m.restarts, err = register(reg, m.restarts); err != nil {
+	if m.restarts, err = probe.RegisterOrReuse(reg, m.restarts); err != nil {
 		return nil, err
 	}
-	if m.up, err = register(reg, m.up); err != nil {
+	if m.up, err = probe.RegisterOrReuse(reg, m.up); err != nil {
 		return nil, err
 	}
-	if m.backoff, err = register(reg, m.backoff); err != nil {
+	if m.backoff, err = probe.RegisterOrReuse(reg, m.backoff); err != nil {
 		return nil, err
 	}
 	return m, nil
-}
-
-// register registers c, or returns the collector already registered under
-// the same description (the probe was built again with the same registry).
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing, nil
-			}
-		}
-		return c, fmt.Errorf("registering exec probe metrics: %w", err)
-	}
-	return c, nil
 }
 
 // programMetrics are one program's series, resolved once so the hot path

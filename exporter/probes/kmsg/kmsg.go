@@ -2,7 +2,6 @@ package kmsg
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -306,29 +305,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	var err error
-	if m.xids, err = register(reg, m.xids); err != nil {
+	if m.xids, err = probe.RegisterOrReuse(reg, m.xids); err != nil {
 		return nil, err
 	}
-	if m.lines, err = register(reg, m.lines); err != nil {
+	if m.lines, err = probe.RegisterOrReuse(reg, m.lines); err != nil {
 		return nil, err
 	}
-	if m.ignored, err = register(reg, m.ignored); err != nil {
+	if m.ignored, err = probe.RegisterOrReuse(reg, m.ignored); err != nil {
 		return nil, err
 	}
 	return m, nil
-}
-
-// register registers c, or returns the collector already registered under
-// the same description (another probe counting XIDs, or a second New).
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing, nil
-			}
-		}
-		return c, fmt.Errorf("registering kmsg metrics: %w", err)
-	}
-	return c, nil
 }

@@ -1,7 +1,6 @@
 package nvmlprobe
 
 import (
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/exporter/probe"
+	"github.com/ark-gpu/ark/exporter/probes/nvml/nvmlmock"
 )
 
 const (
@@ -87,44 +87,7 @@ func newRig(t testing.TB, nGPUs, nLinks int) *rig {
 }
 
 func (r *rig) stub(d *server.Device, i, nLinks int) {
-	d.UUID = fmt.Sprintf("GPU-a100-%d", i)
-	d.MemoryInfo = nvml.Memory{Total: 40 * gib, Used: uint64(i+1) * gib, Free: uint64(39-i) * gib}
-	d.GetPciInfoFunc = func() (nvml.PciInfo, nvml.Return) {
-		info := nvml.PciInfo{Bus: uint32(busOf[i]), PciDeviceId: d.Config.PciDeviceId}
-		for j, c := range fmt.Sprintf("00000000:%02X:00.0", busOf[i]) {
-			info.BusId[j] = int8(c)
-		}
-		return info, nvml.SUCCESS
-	}
-	d.GetUtilizationRatesFunc = func() (nvml.Utilization, nvml.Return) {
-		return nvml.Utilization{Gpu: uint32(10 * i), Memory: 5}, nvml.SUCCESS
-	}
-	d.GetTemperatureFunc = func(nvml.TemperatureSensors) (uint32, nvml.Return) { return uint32(30 + i), nvml.SUCCESS }
-	d.GetPowerUsageFunc = func() (uint32, nvml.Return) { return uint32(100_500 + 1000*i), nvml.SUCCESS }
-	d.GetTotalEccErrorsFunc = func(typ nvml.MemoryErrorType, ctr nvml.EccCounterType) (uint64, nvml.Return) {
-		switch {
-		case typ == nvml.MEMORY_ERROR_TYPE_CORRECTED && ctr == nvml.VOLATILE_ECC:
-			return uint64(i), nvml.SUCCESS
-		case typ == nvml.MEMORY_ERROR_TYPE_CORRECTED:
-			return uint64(10 + i), nvml.SUCCESS
-		case ctr == nvml.AGGREGATE_ECC:
-			return 1, nvml.SUCCESS
-		}
-		return 0, nvml.SUCCESS
-	}
-	d.GetRemappedRowsFunc = func() (int, int, bool, bool, nvml.Return) { return i, 0, false, false, nvml.SUCCESS }
-	d.GetRetiredPagesFunc = func(nvml.PageRetirementCause) ([]uint64, nvml.Return) { return nil, nvml.ERROR_NOT_SUPPORTED }
-	d.GetRetiredPagesPendingStatusFunc = func() (nvml.EnableState, nvml.Return) {
-		return nvml.FEATURE_DISABLED, nvml.ERROR_NOT_SUPPORTED
-	}
-	d.GetPcieReplayCounterFunc = func() (int, nvml.Return) { return 3 * i, nvml.SUCCESS }
-	d.GetNvLinkStateFunc = func(l int) (nvml.EnableState, nvml.Return) {
-		if l >= nLinks {
-			return 0, nvml.ERROR_INVALID_ARGUMENT
-		}
-		return nvml.FEATURE_ENABLED, nvml.SUCCESS
-	}
-	d.GetCurrentClocksThrottleReasonsFunc = func() (uint64, nvml.Return) { return 0, nvml.SUCCESS }
+	nvmlmock.StubDevice(d, i, nLinks)
 	d.GetComputeRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) {
 		r.mu.Lock()
 		defer r.mu.Unlock()

@@ -34,7 +34,17 @@ func New(nGPUs int, procs ...Process) nvml.Interface {
 	srv := dgxa100.New()
 	srv.Devices = srv.Devices[:min(nGPUs, len(srv.Devices))]
 	for i, d := range srv.Devices {
-		stub(d.(*server.Device), i, procs)
+		dev := d.(*server.Device)
+		StubDevice(dev, i, 12)
+		var mine []nvml.ProcessInfo
+		for _, p := range procs {
+			if p.GPU == i {
+				mine = append(mine, nvml.ProcessInfo{Pid: p.PID, UsedGpuMemory: p.UsedBytes})
+			}
+		}
+		dev.GetComputeRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) {
+			return append([]nvml.ProcessInfo(nil), mine...), nvml.SUCCESS
+		}
 	}
 	srv.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) {
 		return &mock.EventSet{
@@ -48,8 +58,9 @@ func New(nGPUs int, procs ...Process) nvml.Interface {
 	return srv
 }
 
-func stub(d *server.Device, i int, procs []Process) {
-	const links = 12
+// StubDevice sets every reading the probe makes on GPU i of the mock to the
+// values New documents, with links NVLinks up and no processes running.
+func StubDevice(d *server.Device, i, links int) {
 	d.UUID = fmt.Sprintf("GPU-a100-%d", i)
 	d.MemoryInfo = nvml.Memory{Total: 40 * gib, Used: uint64(i+1) * gib, Free: uint64(39-i) * gib}
 	d.GetPciInfoFunc = func() (nvml.PciInfo, nvml.Return) {
@@ -88,15 +99,7 @@ func stub(d *server.Device, i int, procs []Process) {
 		return nvml.FEATURE_ENABLED, nvml.SUCCESS
 	}
 	d.GetCurrentClocksThrottleReasonsFunc = func() (uint64, nvml.Return) { return 0, nvml.SUCCESS }
-	var mine []nvml.ProcessInfo
-	for _, p := range procs {
-		if p.GPU == i {
-			mine = append(mine, nvml.ProcessInfo{Pid: p.PID, UsedGpuMemory: p.UsedBytes})
-		}
-	}
-	d.GetComputeRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) {
-		return append([]nvml.ProcessInfo(nil), mine...), nvml.SUCCESS
-	}
+	d.GetComputeRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) { return nil, nvml.SUCCESS }
 	d.GetGraphicsRunningProcessesFunc = func() ([]nvml.ProcessInfo, nvml.Return) { return nil, nvml.SUCCESS }
 	d.RegisterEventsFunc = func(uint64, nvml.EventSet) nvml.Return { return nvml.SUCCESS }
 }
