@@ -1,0 +1,380 @@
+// Package agents is the hub's side of the agent↔hub link (link package,
+// ARCHITECTURE.md §1): it authenticates agents, takes their hello, applies
+// their snapshot and event batches through a callback with each event
+// pinned to the agent's own host, acknowledges them, and dispatches
+// commands to an agent and waits for the result.
+package agents
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ark-gpu/ark/event"
+	"github.com/ark-gpu/ark/link"
+)
+
+// Authenticator checks an agent's connection request and names who made it.
+type Authenticator interface {
+	Authenticate(r *http.Request) (identity string, err error)
+}
+
+// BearerToken authenticates requests carrying this shared token in
+// "Authorization: Bearer".
+type BearerToken string
+
+// ErrUnauthenticated is what BearerToken returns for a missing or wrong
+// token.
+var ErrUnauthenticated = errors.New("missing or invalid bearer token")
+
+// Authenticate implements Authenticator. Comparing digests keeps the time
+// independent of the token's content and length.
+func (t BearerToken) Authenticate(r *http.Request) (string, error) {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || t == "" {
+		return "", ErrUnauthenticated
+	}
+	a := sha256.Sum256([]byte(strings.TrimSpace(got)))
+	b := sha256.Sum256([]byte(t))
+	if subtle.ConstantTimeCompare(a[:], b[:]) != 1 {
+		return "", ErrUnauthenticated
+	}
+	return "token", nil
+}
+
+// anyone accepts every agent (Options.Insecure).
+type anyone struct{}
+
+func (anyone) Authenticate(*http.Request) (string, error) { return "anonymous", nil }
+
+// Errors of Dispatch.
+var (
+	// ErrNoAgent: the node has no live link, or it closed before the
+	// agent answered (the command may then have run).
+	ErrNoAgent = errors.New("no agent connected for this node")
+	// ErrTimeout: the context ended before the agent answered; it is
+	// wrapped together with the context's error.
+	ErrTimeout = errors.New("the agent did not answer in time")
+)
+
+// Options configures a Server. One of Token, Auth or Insecure is required.
+type Options struct {
+	// Token is the bearer token agents present.
+	Token string
+	// Auth, when set, authenticates agents instead of Token.
+	Auth Authenticator
+	// Insecure accepts agents without any token (tests, trusted networks).
+	Insecure bool
+	// Logger defaults to discarding.
+	Logger *slog.Logger
+	// Registerer gets the link's metrics (nil: not registered).
+	Registerer prometheus.Registerer
+	// OnEvents applies a snapshot or events frame; every event's NodeID is
+	// node. It is called from one goroutine per agent, and the batch is
+	// acknowledged when it returns. It may modify evs but not keep it.
+	OnEvents func(node string, evs []event.Event)
+	// OnConnect and OnDisconnect report a node's link coming up and going
+	// down. A connection that replaces an older one of the same node
+	// reports only its own connect.
+	OnConnect    func(node string, addrs []string)
+	OnDisconnect func(node string)
+	// HelloTimeout bounds the wait for hello (default 10s).
+	HelloTimeout time.Duration
+	// IdleTimeout closes a link with no frame or ping for that long
+	// (default 2m; agents ping every 30s).
+	IdleTimeout time.Duration
+	// WriteTimeout bounds each write to an agent (default 10s).
+	WriteTimeout time.Duration
+	// CommandTimeout bounds Dispatch when its context has no deadline
+	// (default 1m).
+	CommandTimeout time.Duration
+	// Forget drops a disconnected agent from Agents after that long
+	// (default 1h).
+	Forget time.Duration
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// AgentInfo is what the link knows of one node's agent.
+type AgentInfo struct {
+	Node      string    `json:"node"`
+	Addrs     []string  `json:"addrs,omitempty"`
+	Version   string    `json:"version,omitempty"`
+	Identity  string    `json:"identity,omitempty"` // who the Authenticator said connected
+	Connected bool      `json:"connected"`
+	Since     time.Time `json:"since"`     // when the current (or last) link came up
+	LastSeen  time.Time `json:"last_seen"` // the last frame or ping received
+}
+
+// Server is the hub's agent link endpoint; mount it at link.Path.
+type Server struct {
+	opts Options
+	auth Authenticator
+	log  *slog.Logger
+	m    *metrics
+
+	ctx    context.Context // ends at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // sessions and their closers
+
+	mu     sync.Mutex
+	closed bool
+	agents map[string]*agent
+}
+
+// agent is one node's record; sess is nil while it is disconnected.
+type agent struct {
+	info AgentInfo
+	sess *session
+}
+
+// NewServer returns a Server.
+func NewServer(opts Options) (*Server, error) {
+	var auth Authenticator
+	switch {
+	case opts.Auth != nil:
+		auth = opts.Auth
+	case opts.Token != "":
+		auth = BearerToken(opts.Token)
+	case opts.Insecure:
+		auth = anyone{}
+	default:
+		return nil, errors.New("agents: a token, an authenticator or Insecure is required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.HelloTimeout <= 0 {
+		opts.HelloTimeout = 10 * time.Second
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = 2 * time.Minute
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 10 * time.Second
+	}
+	if opts.CommandTimeout <= 0 {
+		opts.CommandTimeout = time.Minute
+	}
+	if opts.Forget <= 0 {
+		opts.Forget = time.Hour
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.OnEvents == nil {
+		opts.OnEvents = func(string, []event.Event) {}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Server{opts: opts, auth: auth, log: opts.Logger, ctx: ctx, cancel: cancel, agents: map[string]*agent{}}
+	s.m = newMetrics(s)
+	if opts.Registerer != nil {
+		if err := s.m.register(opts.Registerer); err != nil {
+			cancel()
+			return nil, fmt.Errorf("agents: registering metrics: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Close closes every agent link, refuses new ones and waits for the
+// sessions to end.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	var open []*session
+	for _, a := range s.agents {
+		if a.sess != nil {
+			open = append(open, a.sess)
+		}
+	}
+	s.mu.Unlock()
+	for _, ss := range open {
+		ss.stop(websocket.StatusGoingAway, "hub shutting down")
+	}
+	// Give the close handshakes a moment, then cut what is left (links
+	// still in hello, agents that do not answer the close).
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	t := time.NewTimer(closeGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+	}
+	s.cancel()
+	<-done
+	return nil
+}
+
+// closeGrace is how long Close waits for agents to answer the close.
+const closeGrace = 2 * time.Second
+
+// Agents lists the agents the link knows, connected or not, by node.
+func (s *Server) Agents() []AgentInfo {
+	now := s.opts.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]AgentInfo, 0, len(s.agents))
+	for node, a := range s.agents {
+		if a.sess == nil && now.Sub(a.info.LastSeen) > s.opts.Forget {
+			delete(s.agents, node)
+			continue
+		}
+		out = append(out, s.infoLocked(a))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	return out
+}
+
+func (s *Server) infoLocked(a *agent) AgentInfo {
+	info := a.info
+	info.Addrs = slices.Clone(info.Addrs)
+	info.Connected = a.sess != nil
+	if a.sess != nil {
+		info.LastSeen = a.sess.lastSeen()
+	}
+	return info
+}
+
+// Dispatch sends cmd to node's agent and waits for its result, until ctx
+// ends (or CommandTimeout when ctx has no deadline). A cmd without an ID
+// gets one.
+func (s *Server) Dispatch(ctx context.Context, node string, cmd link.Command) (link.Result, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.opts.CommandTimeout)
+		defer cancel()
+	}
+	if cmd.ID == "" {
+		cmd.ID = newID()
+	}
+	s.mu.Lock()
+	var ss *session
+	if a := s.agents[node]; a != nil {
+		ss = a.sess
+	}
+	s.mu.Unlock()
+	if ss == nil {
+		s.m.commands.WithLabelValues("no_agent").Inc()
+		return link.Result{}, fmt.Errorf("%w: %s", ErrNoAgent, node)
+	}
+	res, err := ss.dispatch(ctx, cmd)
+	switch {
+	case errors.Is(err, ErrNoAgent):
+		s.m.commands.WithLabelValues("no_agent").Inc()
+	case errors.Is(err, ErrTimeout):
+		s.m.commands.WithLabelValues("timeout").Inc()
+	case err != nil:
+		s.m.commands.WithLabelValues("error").Inc()
+	default:
+		s.m.commands.WithLabelValues(resultLabel(res.Result)).Inc()
+	}
+	return res, err
+}
+
+// resultLabel bounds the label's values to the results the link defines.
+func resultLabel(r string) string {
+	switch r {
+	case "success", "partial_failure", "failure", "dry_run":
+		return r
+	}
+	return "other"
+}
+
+func newID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// ServeHTTP authenticates an agent, upgrades its connection and runs the
+// link until either side closes it.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	identity, err := s.auth.Authenticate(r)
+	if err != nil {
+		s.m.authFailures.Inc()
+		s.log.Warn("agent refused", "remote", r.RemoteAddr, "err", err)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="ark-hub"`)
+		http.Error(w, "unauthorized: "+err.Error(), http.StatusUnauthorized)
+		return
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		http.Error(w, "hub shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+
+	ss := &session{s: s, pending: map[string]chan link.Result{}, done: make(chan struct{})}
+	ss.touch()
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		OnPingReceived: func(context.Context, []byte) bool { ss.touch(); return true },
+	})
+	if err != nil {
+		s.log.Debug("agent upgrade failed", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	ws.SetReadLimit(link.MaxFrameBytes)
+	ss.ws = ws
+	ss.run(identity, r.RemoteAddr)
+}
+
+// reject counts a refused frame and closes the link with the reason.
+func (ss *session) reject(reason, msg string) {
+	ss.s.m.rejected.WithLabelValues(reason).Inc()
+	ss.s.log.Warn("closing an agent link", "node", ss.node, "reason", reason, "err", msg)
+	ss.stopSync(websocket.StatusPolicyViolation, msg)
+}
+
+// rejectRead counts a failed read that was the agent's fault.
+func (ss *session) rejectRead(err error) {
+	if errors.Is(err, websocket.ErrMessageTooBig) {
+		// The websocket library has already closed the link with
+		// StatusMessageTooBig and its reason.
+		ss.s.m.rejected.WithLabelValues("too_big").Inc()
+		ss.s.log.Warn("closing an agent link", "node", ss.node, "reason", "too_big", "err", err)
+	}
+}
+
+func decodeReason(err error) string {
+	if errors.Is(err, link.ErrUnknownType) {
+		return "unknown_type"
+	}
+	return "malformed"
+}
+
+// validNode reports whether name can be a namespace in the graph: "/"
+// separates a host from its ids, so an agent naming itself "a/b" could
+// write into host a's namespace.
+func validNode(name string) bool {
+	if name == "" || len(name) > 253 {
+		return false
+	}
+	for _, r := range name {
+		if r == '/' || r <= ' ' || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
