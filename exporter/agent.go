@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"sort"
 	"sync"
 	"time"
@@ -20,10 +21,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ark-gpu/ark/event"
+	"github.com/ark-gpu/ark/exporter/forwarder"
 	"github.com/ark-gpu/ark/exporter/ipc"
 	"github.com/ark-gpu/ark/exporter/podresources"
 	"github.com/ark-gpu/ark/exporter/probe"
 	"github.com/ark-gpu/ark/graph"
+	"github.com/ark-gpu/ark/link"
 )
 
 // Config configures an Agent.
@@ -50,6 +53,16 @@ type Config struct {
 	EnablePprof bool
 	// Control is the local control plane: socket, audit, rules, executor.
 	Control ControlConfig
+	// Hub, when its URL is set, streams folded events to the hub and takes
+	// its commands.
+	Hub HubConfig
+}
+
+// HubConfig is the agent's link to the hub.
+type HubConfig struct {
+	URL       string   // ws(s):// or http(s):// of the hub; link.Path is added when missing
+	TokenFile string   // bearer token, read at each connect
+	Addrs     []string // this host's addresses, announced for cross-node edges
 }
 
 // ProbeStatus says how a probe is doing.
@@ -75,6 +88,7 @@ type Agent struct {
 	pods *podresources.Client // nil when cfg.Pods was given
 	gpus lateGPUs
 	ctl  *control
+	fwd  *forwarder.Client // nil without a hub
 
 	mu     sync.Mutex
 	status map[string]*ProbeStatus
@@ -140,6 +154,25 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.ctl = ctl
+	if cfg.Hub.URL != "" {
+		u, err := url.Parse(cfg.Hub.URL)
+		if err != nil {
+			return nil, fmt.Errorf("hub URL: %w", err)
+		}
+		if u.Path == "" || u.Path == "/" {
+			u.Path = link.Path // the hub's base URL was given
+		}
+		fwd, err := forwarder.New(forwarder.Options{
+			URL: u.String(), TokenFile: cfg.Hub.TokenFile, Node: cfg.NodeName, Addrs: cfg.Hub.Addrs, Version: "ark",
+			Logger: cfg.Logger.With("component", "forwarder"), Registerer: reg,
+			Snapshot: g.Snapshot, Commands: ctl,
+		})
+		if err != nil {
+			return nil, err
+		}
+		a.fwd = fwd
+		a.bus.Subscribe("hub", cfg.BusBuffer, fwd.Sink)
+	}
 	return a, nil
 }
 
@@ -292,6 +325,15 @@ func (a *Agent) Run(ctx context.Context) error {
 			defer wg.Done()
 			if err := a.pods.Run(ctx); err != nil {
 				a.log.Info("no pod attribution", "reason", err)
+			}
+		}()
+	}
+	if a.fwd != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.fwd.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				a.log.Error("hub forwarder stopped", "err", err)
 			}
 		}()
 	}

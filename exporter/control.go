@@ -14,6 +14,7 @@ import (
 	"github.com/ark-gpu/ark/exporter/executor"
 	"github.com/ark-gpu/ark/exporter/ipc"
 	"github.com/ark-gpu/ark/graph"
+	"github.com/ark-gpu/ark/link"
 	"github.com/ark-gpu/ark/rules"
 )
 
@@ -419,15 +420,36 @@ func (c *control) fix(ctx context.Context, peer ipc.Peer, raw json.RawMessage, _
 	if err := decodeArgs(raw, &args); err != nil {
 		return nil, err
 	}
+	return c.doFix(ctx, peer.User(), args)
+}
+
+// HandleCommand runs a command from the hub through the same checks,
+// executor and audit log as a local fix.
+func (c *control) HandleCommand(ctx context.Context, cmd link.Command) link.Result {
+	res := link.Result{ID: cmd.ID, Node: c.a.cfg.NodeName, PID: cmd.PID, JobID: cmd.JobID, Action: cmd.Action}
+	if cmd.Intent != "fix" {
+		res.Result, res.Error = string(audit.Failure), fmt.Sprintf("unknown intent %q", cmd.Intent)
+		return res
+	}
+	out, err := c.doFix(ctx, "hub:"+cmd.User, FixArgs{PID: cmd.PID, Action: cmd.Action, Params: cmd.Params, DryRun: cmd.DryRun})
+	if err != nil {
+		res.Result, res.Error = string(audit.Failure), err.Error()
+		return res
+	}
+	res.JobID, res.Action, res.Result, res.Details, res.Error = out.JobID, out.Action, string(out.Result), out.Details, out.Error
+	return res
+}
+
+func (c *control) doFix(ctx context.Context, user string, args FixArgs) (FixResult, error) {
 	if args.PID <= 0 {
-		return nil, ipc.Errorf(ipc.CodeBadRequest, "fix needs a pid")
+		return FixResult{}, ipc.Errorf(ipc.CodeBadRequest, "fix needs a pid")
 	}
 	if c.exec == nil {
-		return nil, ipc.Errorf(ipc.CodeFailed, "this agent has no audit log configured (--audit.file), so it takes no actions")
+		return FixResult{}, ipc.Errorf(ipc.CodeFailed, "this agent has no audit log configured (--audit.file), so it takes no actions")
 	}
 	d, err := c.diagnose(args.PID)
 	if err != nil {
-		return nil, err
+		return FixResult{}, err
 	}
 	action, params := args.Action, args.Params
 	if action == "" {
@@ -438,13 +460,13 @@ func (c *control) fix(ctx context.Context, peer ipc.Peer, raw json.RawMessage, _
 			}
 		}
 		if action == "" {
-			return nil, ipc.Errorf(ipc.CodeNotFound, "no rule suggests an action for pid %d: name one with --action", args.PID)
+			return FixResult{}, ipc.Errorf(ipc.CodeNotFound, "no rule suggests an action for pid %d: name one with --action", args.PID)
 		}
 	}
 	p := d.Process
 	res := c.exec.Execute(ctx, executor.Request{
 		Action: action, Params: params, PID: p.PID, JobID: p.JobID, Node: c.a.cfg.NodeName,
-		User: peer.User(), DryRun: args.DryRun, ExpectedStartTime: p.StartTime, ExpectedJobID: p.JobID,
+		User: user, DryRun: args.DryRun, ExpectedStartTime: p.StartTime, ExpectedJobID: p.JobID,
 	})
 	out := FixResult{PID: p.PID, JobID: p.JobID, Action: action, Result: res.Result, Details: res.Details}
 	if res.Err != nil {

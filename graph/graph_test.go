@@ -516,3 +516,26 @@ func TestWaitOnAPeerAnnouncedLaterIsLinked(t *testing.T) {
 		t.Fatalf("pending left: %d", g.npending)
 	}
 }
+
+// A hub that restarts rebuilds an agent's view from its snapshot: the
+// snapshot replayed into an empty graph gives the same answer.
+func TestSnapshotRebuildsTheSameAnswer(t *testing.T) {
+	var r rec
+	r.job(t0, "j", hosts4, 2, 1000)
+	r.steady(t0, t0+60_000, "j", hosts4, 2, 1000)
+	r.add(t0+61_000, event.ErrorHW, "h3", "gpu-1", "Xid 79: GPU has fallen off the bus.", 1201, "", "xid", "79")
+	r.stallOn(t0+62_000, t0+80_000, "j", hosts4, 2, 1000, 2)
+	g := r.graph(Options{})
+	want := mustWhy(t, g, Target{JobID: "j"}, 0)
+	snap := g.Snapshot()
+	if len(snap) == 0 || len(snap) >= len(r.evs) {
+		t.Fatalf("snapshot of %d events from %d", len(snap), len(r.evs))
+	}
+	g2 := New(Options{})
+	g2.ApplyBatch(snap)
+	got := mustWhy(t, g2, Target{JobID: "j"}, 0)
+	if len(got.Causes) == 0 || got.Causes[0].NodeID != want.Causes[0].NodeID || got.Causes[0].EntityID != want.Causes[0].EntityID ||
+		got.Causes[0].AffectedRanks != want.Causes[0].AffectedRanks || got.Ranks != want.Ranks {
+		t.Fatalf("from the snapshot: %+v\nfrom the events: %+v", got.Causes, want.Causes)
+	}
+}

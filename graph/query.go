@@ -206,3 +206,92 @@ func (g *Graph) ProcessInfo(node string, pid int64) (jobID, state, rank string, 
 	}
 	return jobID, n.proc.state, n.proc.rank, true
 }
+
+// Snapshot returns events that rebuild what the graph knows now of its live
+// processes, their use of resources, their waits and the current faults:
+// what an agent sends a hub that just (re)connected. Samples carry the
+// edge's last time; values are placeholders, except for faults, which are
+// their latest evidence.
+func (g *Graph) Snapshot() []event.Event {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	at := g.clock
+	var out []event.Event
+	for _, h := range g.hosts {
+		for pid, n := range h.procs {
+			if n.last < at-g.ttl && !g.usesFaultedHold(n, at, holdAny) {
+				continue
+			}
+			pi := n.proc
+			job := ""
+			if pi.job.alive() {
+				job = pi.job.entity
+			}
+			base := event.Event{NodeID: h.name, PID: pid, JobID: job, EntityID: n.entity}
+			if job != "" {
+				ev := base
+				ev.TS, ev.Type, ev.Value = n.first, event.IntentRun, "running"
+				if pi.rank != "" {
+					ev.Attrs = append(ev.Attrs, event.Attr{Key: event.AttrRank, Value: pi.rank})
+				}
+				if pi.addr != "" {
+					ev.Attrs = append(ev.Attrs, event.Attr{Key: event.AttrAddr, Value: pi.addr})
+				}
+				out = append(out, ev)
+			}
+			if pi.state != "" {
+				ev := base
+				ev.TS, ev.Type, ev.Value = pi.stateTS, event.ProcessState, pi.state
+				if pi.startTime != 0 {
+					ev.Attrs = event.Attrs{{Key: AttrStartTime, Value: strconv.FormatUint(pi.startTime, 10)}}
+				}
+				out = append(out, ev)
+			}
+			for _, e := range n.out {
+				if (e.typ != Consumes && e.typ != WaitsOn) || !g.edgeAliveHold(e, at, holdAny) {
+					continue
+				}
+				ev := base
+				ev.TS = e.last
+				switch {
+				case e.to.kind == KindProcess:
+					if e.to.proc.addr == "" {
+						continue
+					}
+					ev.Type, ev.EntityID, ev.Value = event.TransportDrop, "network", "1"
+					ev.Attrs = event.Attrs{{Key: event.AttrPeer, Value: e.to.proc.addr}}
+				case e.to.kind == KindResource:
+					ev.EntityID = e.to.entity
+					ev.Type, ev.Value = snapshotSample(e.to.res.class, e.typ, g.opts.QDepthThreshold)
+				default:
+					continue
+				}
+				out = append(out, ev)
+			}
+		}
+	}
+	for en := range g.errs {
+		ei := en.err
+		if !g.activeHold(ei, at, holdAny) || len(ei.evidence) == 0 {
+			continue
+		}
+		out = append(out, ei.evidence[len(ei.evidence)-1].Clone())
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].TS < out[j].TS })
+	return out
+}
+
+// snapshotSample picks an event type and value that make the same edge.
+func snapshotSample(class string, t EdgeType, qdepth float64) (event.Type, string) {
+	switch {
+	case class == "storage" && t == WaitsOn:
+		return event.StorageQDepth, strconv.FormatFloat(qdepth+1, 'f', -1, 64)
+	case class == "storage":
+		return event.StorageIOPS, "1"
+	case t == WaitsOn:
+		return event.TransportDrop, "1"
+	case class == "nic":
+		return event.TransportBW, "1"
+	}
+	return event.ComputeUtil, "1"
+}

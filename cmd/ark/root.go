@@ -20,7 +20,7 @@ func newRootCmd() *cobra.Command {
 	// Flag parsing errors are usage errors (exit code 2).
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.AddCommand(newVersionCmd(), newAnalyzeCmd(), newAgentCmd(),
-		newPSCmd(), newWhyCmd(), newDiagCmd(), newFixCmd(), newEventsCmd(), newRulesCmd())
+		newHubCmd(), newPSCmd(), newWhyCmd(), newDiagCmd(), newFixCmd(), newEventsCmd(), newRulesCmd())
 	return root
 }
 

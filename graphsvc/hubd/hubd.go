@@ -1,0 +1,105 @@
+// Package hubd assembles `ark hub`: the hub core (graphsvc) with the agent
+// link server (graphsvc/agents) mounted at link.Path.
+package hubd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ark-gpu/ark/event"
+	"github.com/ark-gpu/ark/graph"
+	"github.com/ark-gpu/ark/graphsvc"
+	"github.com/ark-gpu/ark/graphsvc/agents"
+	"github.com/ark-gpu/ark/link"
+)
+
+// Config configures a hub.
+type Config struct {
+	Graph graph.Options
+	// Token authenticates agents and mutating API calls; TokenFile is read
+	// when Token is empty.
+	Token, TokenFile  string
+	CertFile, KeyFile string
+	Logger            *slog.Logger
+}
+
+// Hub is a running hub's parts.
+type Hub struct {
+	Core  *graphsvc.Hub
+	Link  *agents.Server
+	Token string
+}
+
+// New builds the hub.
+func New(cfg Config) (*Hub, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	token := cfg.Token
+	if token == "" && cfg.TokenFile != "" {
+		b, err := os.ReadFile(cfg.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("reading the hub token: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	if token == "" {
+		return nil, errors.New("a token is required (--token-file): agents and fix must authenticate")
+	}
+	reg := prometheus.NewRegistry()
+	h := &Hub{Token: token}
+	var core *graphsvc.Hub
+	ls, err := agents.NewServer(agents.Options{
+		Token: token, Logger: cfg.Logger.With("component", "link"), Registerer: reg,
+		OnEvents:     func(node string, evs []event.Event) { core.Ingest(node, evs) },
+		OnConnect:    func(node string, addrs []string) { core.AgentConnected(node, addrs) },
+		OnDisconnect: func(node string) { core.AgentDisconnected(node) },
+	})
+	if err != nil {
+		return nil, err
+	}
+	h.Link = ls
+	core, err = graphsvc.New(graphsvc.Options{
+		Graph: cfg.Graph, Token: token, Logger: cfg.Logger, Registerer: reg, Gatherer: reg,
+		Dispatcher: dispatcher{ls},
+	})
+	if err != nil {
+		return nil, err
+	}
+	core.Handle(link.Path, ls)
+	h.Core = core
+	return h, nil
+}
+
+// Serve runs the hub on ln until ctx ends.
+func (h *Hub) Serve(ctx context.Context, ln net.Listener, certFile, keyFile string) error {
+	defer func() { _ = h.Link.Close() }()
+	return h.Core.Serve(ctx, ln, certFile, keyFile)
+}
+
+// dispatcher adapts the link server to the hub core.
+type dispatcher struct{ s *agents.Server }
+
+func (d dispatcher) Dispatch(ctx context.Context, node string, cmd link.Command) (link.Result, error) {
+	res, err := d.s.Dispatch(ctx, node, cmd)
+	if errors.Is(err, agents.ErrNoAgent) {
+		return res, fmt.Errorf("%w: %w", graphsvc.ErrNotConnected, err)
+	}
+	return res, err
+}
+
+func (d dispatcher) Agents() []graphsvc.AgentInfo {
+	in := d.s.Agents()
+	out := make([]graphsvc.AgentInfo, 0, len(in))
+	for _, a := range in {
+		out = append(out, graphsvc.AgentInfo{Node: a.Node, Addrs: a.Addrs, Connected: a.Connected, Since: a.Since, LastSeen: a.LastSeen})
+	}
+	return out
+}

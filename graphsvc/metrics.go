@@ -1,0 +1,153 @@
+package graphsvc
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ark-gpu/ark/event"
+	"github.com/ark-gpu/ark/graph"
+)
+
+// Event sources, the values of the source label.
+const (
+	sourceLink = "link"
+	sourceOTLP = "otlp"
+)
+
+// Results of a fix the hub counts besides the agent's own (success,
+// partial_failure, failure, dry_run).
+const (
+	resultUnauthorized = "unauthorized"
+	resultBadRequest   = "bad_request"
+	resultNotFound     = "not_found"
+	resultUnavailable  = "unavailable" // no dispatcher, or the agent is not connected
+	resultTimeout      = "timeout"
+	resultError        = "error"
+)
+
+var commandResults = []string{"success", "partial_failure", "failure", "dry_run",
+	resultUnauthorized, resultBadRequest, resultNotFound, resultUnavailable, resultTimeout, resultError}
+
+// Reasons an OTLP request is rejected as a whole.
+const (
+	otlpInvalidBody     = "invalid_body"
+	otlpBadEncoding     = "bad_content_encoding"
+	otlpTooLarge        = "too_large"
+	otlpUnsupportedType = "unsupported_content_type"
+)
+
+var otlpReasons = []string{otlpInvalidBody, otlpBadEncoding, otlpTooLarge, otlpUnsupportedType}
+
+// metrics are the hub's own series; the graph's sizes are read at scrape
+// time by the hub's collector.
+type metrics struct {
+	received     *prometheus.CounterVec
+	eventsDrop   *prometheus.CounterVec
+	otlpRejected *prometheus.CounterVec
+	commands     *prometheus.CounterVec
+	why          prometheus.Histogram
+	state        *hubCollector
+}
+
+func newMetrics(h *Hub) *metrics {
+	m := &metrics{
+		received: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ark_hub_events_received_total",
+			Help: "Events the hub applied to the global graph, by source (link or otlp).",
+		}, []string{"source"}),
+		eventsDrop: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ark_hub_events_rejected_total",
+			Help: "Events the hub dropped, by source and reason.",
+		}, []string{"source", "reason"}),
+		otlpRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ark_hub_otlp_rejected_total",
+			Help: "OTLP/HTTP requests the hub refused as a whole, by reason.",
+		}, []string{"reason"}),
+		commands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ark_hub_commands_total",
+			Help: "Commands (fix) the hub handled, by result.",
+		}, []string{"result"}),
+		why: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "ark_hub_why_duration_seconds",
+			Help:    "Time to answer one why query on the global graph.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10), // 100µs .. 26s
+		}),
+		state: newHubCollector(h),
+	}
+	for _, s := range []string{sourceLink, sourceOTLP} {
+		m.received.WithLabelValues(s)
+		for _, r := range event.Reasons {
+			m.eventsDrop.WithLabelValues(s, r)
+		}
+	}
+	for _, r := range otlpReasons {
+		m.otlpRejected.WithLabelValues(r)
+	}
+	for _, r := range commandResults {
+		m.commands.WithLabelValues(r)
+	}
+	return m
+}
+
+func (m *metrics) register(reg prometheus.Registerer) error {
+	for _, c := range []prometheus.Collector{m.received, m.eventsDrop, m.otlpRejected, m.commands, m.why, m.state} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (m *metrics) dropped(source, reason string, n int) {
+	if n > 0 {
+		m.eventsDrop.WithLabelValues(source, reason).Add(float64(n))
+	}
+}
+
+// hubCollector exports the graph's sizes and the agents' states at scrape
+// time.
+type hubCollector struct {
+	h       *Hub
+	nodes   *prometheus.Desc
+	edges   *prometheus.Desc
+	evicted *prometheus.Desc
+	expired *prometheus.Desc
+	agents  *prometheus.Desc
+}
+
+func newHubCollector(h *Hub) *hubCollector {
+	return &hubCollector{
+		h:       h,
+		nodes:   prometheus.NewDesc("ark_graph_nodes", "Nodes in the hub's global causal graph, by type.", []string{"type"}, nil),
+		edges:   prometheus.NewDesc("ark_graph_edges", "Edges in the hub's global causal graph, by type.", []string{"type"}, nil),
+		evicted: prometheus.NewDesc("ark_graph_evicted_total", "Graph nodes and edges evicted to stay under the size limits.", []string{"what"}, nil),
+		expired: prometheus.NewDesc("ark_graph_expired_total", "Graph nodes and edges removed by the TTL.", []string{"what"}, nil),
+		agents:  prometheus.NewDesc("ark_hub_agents", "Hosts the hub knows, by state (connected over the agent link, or stale).", []string{"state"}, nil),
+	}
+}
+
+// Describe implements prometheus.Collector.
+func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.nodes
+	ch <- c.edges
+	ch <- c.evicted
+	ch <- c.expired
+	ch <- c.agents
+}
+
+// Collect implements prometheus.Collector.
+func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
+	s := c.h.g.Stats()
+	for _, k := range graph.Kinds {
+		ch <- prometheus.MustNewConstMetric(c.nodes, prometheus.GaugeValue, float64(s.Nodes[k]), k.String())
+	}
+	for _, t := range graph.EdgeTypes {
+		ch <- prometheus.MustNewConstMetric(c.edges, prometheus.GaugeValue, float64(s.Edges[t]), t.String())
+	}
+	ch <- prometheus.MustNewConstMetric(c.evicted, prometheus.CounterValue, float64(s.EvictedNodes), "node")
+	ch <- prometheus.MustNewConstMetric(c.evicted, prometheus.CounterValue, float64(s.EvictedEdges), "edge")
+	ch <- prometheus.MustNewConstMetric(c.expired, prometheus.CounterValue, float64(s.ExpiredNodes), "node")
+	ch <- prometheus.MustNewConstMetric(c.expired, prometheus.CounterValue, float64(s.ExpiredEdges), "edge")
+	connected, stale := c.h.agentCounts()
+	ch <- prometheus.MustNewConstMetric(c.agents, prometheus.GaugeValue, float64(connected), "connected")
+	ch <- prometheus.MustNewConstMetric(c.agents, prometheus.GaugeValue, float64(stale), "stale")
+}

@@ -1,0 +1,331 @@
+// Package e2e runs Ark's processes together over loopback: a hub and
+// several agents, each agent replaying its host's share of an incident.
+package e2e
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+var arkBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ark-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	arkBin = filepath.Join(dir, "ark")
+	if out, err := exec.Command("go", "build", "-o", arkBin, "../../cmd/ark").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building ark: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// proc is a child process with its output kept for failures.
+type proc struct {
+	cmd *exec.Cmd
+	out *bytes.Buffer
+}
+
+func start(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	var out bytes.Buffer
+	cmd := exec.Command(arkBin, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{cmd: cmd, out: &out}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("--- %s log:\n%s", name, out.String())
+		}
+	})
+	return p
+}
+
+func (p *proc) kill() {
+	_ = p.cmd.Process.Kill()
+}
+
+// splitByHost writes each host's events of the recording to its own file,
+// timestamps shifted so the recording ends now (agents expire by the wall
+// clock), and returns the files and the shift.
+func splitByHost(t *testing.T, recording, dir string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(recording)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type line struct {
+		node string
+		m    map[string]any
+	}
+	var lines []line
+	var last float64
+	for _, l := range bytes.Split(bytes.TrimSpace(b), []byte("\n")) {
+		var m map[string]any
+		if err := json.Unmarshal(l, &m); err != nil {
+			t.Fatal(err)
+		}
+		ts := m["ts"].(float64)
+		last = max(last, ts)
+		lines = append(lines, line{m["node_id"].(string), m})
+	}
+	shift := float64(time.Now().UnixMilli()) - last
+	files := map[string]*bytes.Buffer{}
+	for _, l := range lines {
+		l.m["ts"] = int64(l.m["ts"].(float64) + shift)
+		out, _ := json.Marshal(l.m)
+		if files[l.node] == nil {
+			files[l.node] = &bytes.Buffer{}
+		}
+		files[l.node].Write(append(out, '\n'))
+	}
+	paths := map[string]string{}
+	for node, buf := range files {
+		p := filepath.Join(dir, node+".jsonl")
+		if err := os.WriteFile(p, buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		paths[node] = p
+	}
+	return paths
+}
+
+type whyResp struct {
+	Causes []struct {
+		NodeID        string `json:"node_id"`
+		EntityID      string `json:"entity_id"`
+		AffectedRanks int    `json:"affected_ranks"`
+	} `json:"causes"`
+	StaleHosts []string `json:"stale_hosts"`
+}
+
+func getWhy(hub string) (whyResp, error) {
+	var w whyResp
+	resp, err := http.Get("http://" + hub + "/api/v1/why?job_id=train/example")
+	if err != nil {
+		return w, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return w, fmt.Errorf("%s: %s", resp.Status, b)
+	}
+	return w, json.NewDecoder(resp.Body).Decode(&w)
+}
+
+func eventually(t *testing.T, d time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, d, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func faultyGPUFirst(hub string) error {
+	w, err := getWhy(hub)
+	if err != nil {
+		return err
+	}
+	if len(w.Causes) == 0 || w.Causes[0].NodeID != "node-3" || w.Causes[0].EntityID != "gpu-6" {
+		return fmt.Errorf("causes %+v", w.Causes)
+	}
+	return nil
+}
+
+// TestHubAndFourAgents: four agents replay an incident split by host into
+// one hub, which names the faulty GPU; the hub restarts and rebuilds from
+// the agents' snapshots; a dead agent's host turns stale; a fix goes
+// through the hub to the right agent.
+func TestHubAndFourAgents(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a hub and four agents")
+	}
+	dir := t.TempDir()
+	token := filepath.Join(dir, "token")
+	if err := os.WriteFile(token, []byte("s3cret-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	files := splitByHost(t, "../../testdata/scenarios/xid79-4node.jsonl", dir)
+
+	// A real process on node-2 that records the signal it gets, announced
+	// as one more rank of the job.
+	got := filepath.Join(dir, "got")
+	rank := exec.Command("/bin/sh", "-c", `trap 'echo USR1 >> "$GOT"' USR1; while :; do sleep 0.05; done`)
+	rank.Env = append(os.Environ(), "GOT="+got)
+	if err := rank.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rank.Process.Kill(); _ = rank.Wait() })
+	pid := rank.Process.Pid
+	st := startTime(t, pid)
+	now := time.Now().UnixMilli()
+	extra := fmt.Sprintf(`{"ts":%d,"event_type":"intent.run","entity_id":"pid-%d","value":"running","pid":%d,"job_id":"train/example","attrs":{"rank":"99"}}
+{"ts":%d,"event_type":"process.state","entity_id":"pid-%d","value":"S","pid":%d,"job_id":"train/example","attrs":{"start_time":"%s"}}
+`, now, pid, pid, now, pid, pid, st)
+	f, err := os.OpenFile(files["node-2"], os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString(extra); err != nil {
+		t.Fatal(err)
+	}
+	_ = f.Close()
+
+	hubAddr := freePort(t)
+	hub := start(t, "hub", "hub", "--web.listen-address", hubAddr, "--token-file", token, "--log.level", "debug")
+	agents := map[string]*proc{}
+	for _, node := range []string{"node-1", "node-2", "node-3", "node-4"} {
+		cfg := filepath.Join(dir, node+".yaml")
+		if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`probes:
+  exec:
+    programs:
+      - name: replay
+        command: /bin/sh
+        args: ["-c", "cat %s; exec sleep 3600"]
+        restart: never
+`, files[node])), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		agents[node] = start(t, node, "agent", "--node-name", node, "--web.listen-address", freePort(t),
+			"--config.file", cfg, "--ipc.socket", filepath.Join(dir, node+".sock"), "--audit.file", filepath.Join(dir, node+".audit"),
+			"--hub.url", "http://"+hubAddr, "--hub.token-file", token,
+			"--no-probe.kmsg", "--no-probe.nvml", "--no-probe.procfs", "--path.pod-resources", filepath.Join(dir, "none.sock"),
+			"--log.level", "debug")
+	}
+	eventually(t, 30*time.Second, "the hub names node-3/gpu-6", func() error { return faultyGPUFirst(hubAddr) })
+
+	// Restart the hub: agents reconnect and resend their snapshots.
+	hub.kill()
+	_ = hub.cmd.Wait()
+	hub = start(t, "hub-2", "hub", "--web.listen-address", hubAddr, "--token-file", token, "--log.level", "debug")
+	began := time.Now()
+	eventually(t, 10*time.Second, "after a hub restart, the same answer from snapshots", func() error { return faultyGPUFirst(hubAddr) })
+	t.Logf("hub rebuilt its view in %s", time.Since(began).Round(time.Millisecond))
+
+	// Every agent is back on the new hub.
+	eventually(t, 30*time.Second, "four agents connected", func() error {
+		resp, err := http.Get("http://" + hubAddr + "/api/v1/agents")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if n := strings.Count(string(b), `"connected":true`); n != 4 {
+			return fmt.Errorf("%d connected: %s", n, b)
+		}
+		return nil
+	})
+
+	// Kill an agent: its host turns stale, the answer stands.
+	agents["node-4"].kill()
+	eventually(t, 10*time.Second, "node-4 stale", func() error {
+		w, err := getWhy(hubAddr)
+		if err != nil {
+			return err
+		}
+		if len(w.StaleHosts) != 1 || w.StaleHosts[0] != "node-4" {
+			return fmt.Errorf("stale hosts %v", w.StaleHosts)
+		}
+		return faultyGPUFirst(hubAddr)
+	})
+
+	// fix through the hub: without the token 401, with it the signal.
+	body := fmt.Sprintf(`{"node":"node-2","pid":%d,"action":"Signal","params":{"signal":"SIGUSR1"},"user":"e2e"}`, pid)
+	resp, err := http.Post("http://"+hubAddr+"/api/v1/fix", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("fix without a token: %s", resp.Status)
+	}
+	var fix map[string]any
+	eventually(t, 10*time.Second, "fix through the hub", func() error {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+hubAddr+"/api/v1/fix", strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer s3cret-token")
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s: %s", resp.Status, b)
+		}
+		fix = map[string]any{}
+		return json.Unmarshal(b, &fix)
+	})
+	if !strings.Contains(fmt.Sprint(fix), "success") {
+		t.Fatalf("fix result: %v", fix)
+	}
+	eventually(t, 5*time.Second, "the rank got SIGUSR1", func() error {
+		b, _ := os.ReadFile(got)
+		if !strings.Contains(string(b), "USR1") {
+			return fmt.Errorf("no signal yet")
+		}
+		return nil
+	})
+	audit, err := os.ReadFile(filepath.Join(dir, "node-2.audit"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(audit), `"action":"Signal"`) || !strings.Contains(string(audit), `"user":"hub:e2e"`) ||
+		!strings.Contains(string(audit), `"target_pid":`+strconv.Itoa(pid)) || !strings.Contains(string(audit), `"result":"success"`) {
+		t.Fatalf("node-2's audit log: %s", audit)
+	}
+}
+
+func startTime(t *testing.T, pid int) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	return f[19]
+}
