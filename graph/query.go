@@ -253,14 +253,14 @@ func (g *Graph) Snapshot() []event.Event {
 				}
 				ev := base
 				ev.TS = e.last
-				switch {
-				case e.to.kind == KindProcess:
+				switch e.to.kind {
+				case KindProcess:
 					if e.to.proc.addr == "" {
 						continue
 					}
 					ev.Type, ev.EntityID, ev.Value = event.TransportDrop, "network", "1"
 					ev.Attrs = event.Attrs{{Key: event.AttrPeer, Value: e.to.proc.addr}}
-				case e.to.kind == KindResource:
+				case KindResource:
 					ev.EntityID = e.to.entity
 					ev.Type, ev.Value = snapshotSample(e.to.res.class, e.typ, g.opts.QDepthThreshold)
 				default:

@@ -103,7 +103,7 @@ var (
 func Decode(b []byte) (Frame, error) {
 	var f Frame
 	if err := json.Unmarshal(b, &f); err != nil {
-		return Frame{}, fmt.Errorf("%w: %v", ErrBadFrame, err)
+		return Frame{}, fmt.Errorf("%w: %w", ErrBadFrame, err)
 	}
 	switch f.Type {
 	case TypeHello:

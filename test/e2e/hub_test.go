@@ -241,7 +241,7 @@ func TestHubAndFourAgents(t *testing.T) {
 	// Restart the hub: agents reconnect and resend their snapshots.
 	hub.kill()
 	_ = hub.cmd.Wait()
-	hub = start(t, "hub-2", "hub", "--web.listen-address", hubAddr, "--token-file", token, "--log.level", "debug")
+	start(t, "hub-2", "hub", "--web.listen-address", hubAddr, "--token-file", token, "--log.level", "debug")
 	began := time.Now()
 	eventually(t, 10*time.Second, "after a hub restart, the same answer from snapshots", func() error { return faultyGPUFirst(hubAddr) })
 	t.Logf("hub rebuilt its view in %s", time.Since(began).Round(time.Millisecond))
