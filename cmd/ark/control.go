@@ -8,8 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
+	"os/user"
 	"sort"
 	"strconv"
 	"strings"
@@ -21,9 +24,11 @@ import (
 
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/exporter"
+	"github.com/ark-gpu/ark/exporter/audit"
 	"github.com/ark-gpu/ark/exporter/ipc"
 	"github.com/ark-gpu/ark/graph"
 	"github.com/ark-gpu/ark/graph/analyze"
+	"github.com/ark-gpu/ark/link"
 	"github.com/ark-gpu/ark/rules"
 )
 
@@ -82,6 +87,7 @@ func parsePID(s string) (int64, error) {
 
 func newPSCmd() *cobra.Command {
 	var f clientFlags
+	var h hubFlags
 	var job string
 	cmd := &cobra.Command{
 		Use:   "ps",
@@ -92,7 +98,38 @@ func newPSCmd() *cobra.Command {
 				return err
 			}
 			var ps []graph.Process
-			if err := f.call(cmd, "ps", exporter.PSArgs{JobID: job}, &ps); err != nil {
+			if h.hub != "" {
+				var resp struct {
+					Processes []struct {
+						graph.Process
+						Stale bool `json:"stale"`
+					} `json:"processes"`
+				}
+				q := url.Values{}
+				if job != "" {
+					q.Set("job_id", job)
+				}
+				if h.node != "" {
+					q.Set("node", h.node)
+				}
+				if f.output == "json" {
+					var raw json.RawMessage
+					if err := h.do(cmd.Context(), http.MethodGet, "/api/v1/ps", q, nil, &raw); err != nil {
+						return err
+					}
+					_, err := cmd.OutOrStdout().Write(append(raw, '\n'))
+					return err
+				}
+				if err := h.do(cmd.Context(), http.MethodGet, "/api/v1/ps", q, nil, &resp); err != nil {
+					return err
+				}
+				for _, p := range resp.Processes {
+					if p.Stale {
+						p.State += " (stale host)"
+					}
+					ps = append(ps, p.Process)
+				}
+			} else if err := f.call(cmd, "ps", exporter.PSArgs{JobID: job}, &ps); err != nil {
 				return err
 			}
 			if f.output == "json" {
@@ -100,7 +137,7 @@ func newPSCmd() *cobra.Command {
 			}
 			var b bytes.Buffer
 			tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "PID\tJOB\tRANK\tSTATE\tGPUS\tTOP RESOURCE\tLAST SEEN")
+			fmt.Fprintln(tw, "NODE\tPID\tJOB\tRANK\tSTATE\tGPUS\tTOP RESOURCE\tLAST SEEN")
 			for _, p := range ps {
 				var gpus []string
 				top := "-"
@@ -123,7 +160,7 @@ func newPSCmd() *cobra.Command {
 				if state == "" {
 					state = "?"
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", p.PID, dash(p.JobID), dash(p.Rank), state,
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", dash(p.Node), p.PID, dash(p.JobID), dash(p.Rank), state,
 					dash(strings.Join(gpus, ",")), top, time.UnixMilli(p.LastSeen).UTC().Format(time.TimeOnly))
 			}
 			_ = tw.Flush()
@@ -132,6 +169,7 @@ func newPSCmd() *cobra.Command {
 		},
 	}
 	f.add(cmd)
+	h.add(cmd, true)
 	cmd.Flags().StringVar(&job, "job", "", "only this job's processes")
 	return cmd
 }
@@ -154,6 +192,7 @@ func dash(s string) string {
 
 func newWhyCmd() *cobra.Command {
 	var f clientFlags
+	var h hubFlags
 	var job string
 	cmd := &cobra.Command{
 		Use:   "why <pid> | --job ID",
@@ -179,7 +218,21 @@ func newWhyCmd() *cobra.Command {
 				return usageError{errors.New("a pid or --job is required")}
 			}
 			var res graph.Result
-			if err := f.call(cmd, "why", ta, &res); err != nil {
+			if h.hub != "" {
+				q := url.Values{}
+				switch {
+				case ta.JobID != "":
+					q.Set("job_id", ta.JobID)
+				case h.node == "":
+					return usageError{errHubNode}
+				default:
+					q.Set("node", h.node)
+					q.Set("pid", strconv.FormatInt(ta.PID, 10))
+				}
+				if err := h.do(cmd.Context(), http.MethodGet, "/api/v1/why", q, nil, &res); err != nil {
+					return err
+				}
+			} else if err := f.call(cmd, "why", ta, &res); err != nil {
 				return err
 			}
 			if f.output == "json" {
@@ -189,6 +242,7 @@ func newWhyCmd() *cobra.Command {
 		},
 	}
 	f.add(cmd)
+	h.add(cmd, true)
 	cmd.Flags().StringVar(&job, "job", "", "explain this job")
 	return cmd
 }
@@ -258,6 +312,7 @@ func formatParams(p map[string]string) string {
 func newFixCmd() *cobra.Command {
 	var (
 		f      clientFlags
+		h      hubFlags
 		action string
 		params []string
 		dryRun bool
@@ -300,7 +355,17 @@ and writes an audit entry; --dry-run makes every check and acts on nothing.`,
 				}
 			}
 			var res exporter.FixResult
-			if err := f.call(cmd, "fix", fa, &res); err != nil {
+			if h.hub != "" {
+				if h.node == "" {
+					return usageError{errHubNode}
+				}
+				var lr link.Result
+				body := map[string]any{"node": h.node, "pid": fa.PID, "action": fa.Action, "params": fa.Params, "dry_run": fa.DryRun, "user": currentUser()}
+				if err := h.do(cmd.Context(), http.MethodPost, "/api/v1/fix", nil, body, &lr); err != nil {
+					return err
+				}
+				res = exporter.FixResult{PID: lr.PID, JobID: lr.JobID, Action: lr.Action, Result: audit.Result(lr.Result), Details: lr.Details, Error: lr.Error}
+			} else if err := f.call(cmd, "fix", fa, &res); err != nil {
 				return err
 			}
 			if f.output == "json" {
@@ -321,6 +386,7 @@ and writes an audit entry; --dry-run makes every check and acts on nothing.`,
 		},
 	}
 	f.add(cmd)
+	h.add(cmd, true)
 	cmd.Flags().StringVar(&action, "action", "", "action to run (default: the one the rules suggest)")
 	cmd.Flags().StringArrayVar(&params, "param", nil, "action parameter key=value (repeatable), e.g. signal=SIGUSR1")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "make every check and audit, act on nothing")
@@ -433,4 +499,12 @@ func newRulesCmd() *cobra.Command {
 		},
 	})
 	return cmd
+}
+
+// currentUser names who runs the CLI, for the hub's audit trail.
+func currentUser() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return "uid=" + strconv.Itoa(os.Getuid())
 }

@@ -238,6 +238,16 @@ func TestHubAndFourAgents(t *testing.T) {
 	}
 	eventually(t, 30*time.Second, "the hub names node-3/gpu-6", func() error { return faultyGPUFirst(hubAddr) })
 
+	// The CLI against the hub.
+	out, err := exec.Command(arkBin, "why", "--job", "train/example", "--hub", "http://"+hubAddr).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "ROOT CAUSE: fatal gpu-6 on node-3") {
+		t.Fatalf("ark why --hub: %v\n%s", err, out)
+	}
+	out, err = exec.Command(arkBin, "ps", "--job", "train/example", "--node", "node-2", "--hub", "http://"+hubAddr).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), strconv.Itoa(pid)) {
+		t.Fatalf("ark ps --hub: %v\n%s", err, out)
+	}
+
 	// Restart the hub: agents reconnect and resend their snapshots.
 	hub.kill()
 	_ = hub.cmd.Wait()
@@ -302,6 +312,17 @@ func TestHubAndFourAgents(t *testing.T) {
 	})
 	if !strings.Contains(fmt.Sprint(fix), "success") {
 		t.Fatalf("fix result: %v", fix)
+	}
+	// And once more from the CLI, as a dry run.
+	out, err = exec.Command(arkBin, "fix", strconv.Itoa(pid), "--node", "node-2", "--hub", "http://"+hubAddr, "--token-file", token,
+		"--action", "Signal", "--param", "signal=SIGUSR1", "--dry-run").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "dry_run") {
+		t.Fatalf("ark fix --hub --dry-run: %v\n%s", err, out)
+	}
+	out, _ = exec.Command(arkBin, "fix", strconv.Itoa(pid), "--node", "node-2", "--hub", "http://"+hubAddr,
+		"--action", "Signal", "--param", "signal=SIGUSR1", "--yes").CombinedOutput()
+	if !strings.Contains(string(out), "401") {
+		t.Fatalf("ark fix --hub without a token must be refused: %s", out)
 	}
 	eventually(t, 5*time.Second, "the rank got SIGUSR1", func() error {
 		b, _ := os.ReadFile(got)
