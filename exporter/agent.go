@@ -26,6 +26,7 @@ import (
 	"github.com/ark-gpu/ark/exporter/podresources"
 	"github.com/ark-gpu/ark/exporter/probe"
 	"github.com/ark-gpu/ark/graph"
+	"github.com/ark-gpu/ark/graph/graphmetrics"
 	"github.com/ark-gpu/ark/link"
 )
 
@@ -136,7 +137,7 @@ func New(cfg Config) (*Agent, error) {
 		status: map[string]*ProbeStatus{},
 		ready:  make(chan struct{}),
 	}
-	reg.MustRegister(a.probeDur, a.probeSuccess, newGraphCollector(g), a.tracker)
+	reg.MustRegister(a.probeDur, a.probeSuccess, graphmetrics.NewCollector(g), a.tracker)
 	if cfg.GPUs != nil {
 		a.gpus.set(cfg.GPUs)
 	}

@@ -4,7 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ark-gpu/ark/event"
-	"github.com/ark-gpu/ark/graph"
+	"github.com/ark-gpu/ark/graph/graphmetrics"
 )
 
 // Event sources, the values of the source label.
@@ -46,6 +46,7 @@ type metrics struct {
 	commands     *prometheus.CounterVec
 	why          prometheus.Histogram
 	state        *hubCollector
+	graph        *graphmetrics.Collector
 }
 
 func newMetrics(h *Hub) *metrics {
@@ -72,6 +73,7 @@ func newMetrics(h *Hub) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10), // 100µs .. 26s
 		}),
 		state: newHubCollector(h),
+		graph: graphmetrics.NewCollector(h.g),
 	}
 	for _, s := range []string{sourceLink, sourceOTLP} {
 		m.received.WithLabelValues(s)
@@ -89,7 +91,7 @@ func newMetrics(h *Hub) *metrics {
 }
 
 func (m *metrics) register(reg prometheus.Registerer) error {
-	for _, c := range []prometheus.Collector{m.received, m.eventsDrop, m.otlpRejected, m.commands, m.why, m.state} {
+	for _, c := range []prometheus.Collector{m.received, m.eventsDrop, m.otlpRejected, m.commands, m.why, m.state, m.graph} {
 		if err := reg.Register(c); err != nil {
 			return err
 		}
@@ -103,50 +105,27 @@ func (m *metrics) dropped(source, reason string, n int) {
 	}
 }
 
-// hubCollector exports the graph's sizes and the agents' states at scrape
-// time.
+// hubCollector exports the agents' states at scrape time; the graph's
+// sizes come from graphmetrics, as on the agent.
 type hubCollector struct {
-	h       *Hub
-	nodes   *prometheus.Desc
-	edges   *prometheus.Desc
-	evicted *prometheus.Desc
-	expired *prometheus.Desc
-	agents  *prometheus.Desc
+	h      *Hub
+	agents *prometheus.Desc
 }
 
 func newHubCollector(h *Hub) *hubCollector {
 	return &hubCollector{
-		h:       h,
-		nodes:   prometheus.NewDesc("ark_graph_nodes", "Nodes in the hub's global causal graph, by type.", []string{"type"}, nil),
-		edges:   prometheus.NewDesc("ark_graph_edges", "Edges in the hub's global causal graph, by type.", []string{"type"}, nil),
-		evicted: prometheus.NewDesc("ark_graph_evicted_total", "Graph nodes and edges evicted to stay under the size limits.", []string{"what"}, nil),
-		expired: prometheus.NewDesc("ark_graph_expired_total", "Graph nodes and edges removed by the TTL.", []string{"what"}, nil),
-		agents:  prometheus.NewDesc("ark_hub_agents", "Hosts the hub knows, by state (connected over the agent link, or stale).", []string{"state"}, nil),
+		h:      h,
+		agents: prometheus.NewDesc("ark_hub_agents", "Hosts the hub knows, by state (connected over the agent link, or stale).", []string{"state"}, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *hubCollector) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.nodes
-	ch <- c.edges
-	ch <- c.evicted
-	ch <- c.expired
 	ch <- c.agents
 }
 
 // Collect implements prometheus.Collector.
 func (c *hubCollector) Collect(ch chan<- prometheus.Metric) {
-	s := c.h.g.Stats()
-	for _, k := range graph.Kinds {
-		ch <- prometheus.MustNewConstMetric(c.nodes, prometheus.GaugeValue, float64(s.Nodes[k]), k.String())
-	}
-	for _, t := range graph.EdgeTypes {
-		ch <- prometheus.MustNewConstMetric(c.edges, prometheus.GaugeValue, float64(s.Edges[t]), t.String())
-	}
-	ch <- prometheus.MustNewConstMetric(c.evicted, prometheus.CounterValue, float64(s.EvictedNodes), "node")
-	ch <- prometheus.MustNewConstMetric(c.evicted, prometheus.CounterValue, float64(s.EvictedEdges), "edge")
-	ch <- prometheus.MustNewConstMetric(c.expired, prometheus.CounterValue, float64(s.ExpiredNodes), "node")
-	ch <- prometheus.MustNewConstMetric(c.expired, prometheus.CounterValue, float64(s.ExpiredEdges), "edge")
 	connected, stale := c.h.agentCounts()
 	ch <- prometheus.MustNewConstMetric(c.agents, prometheus.GaugeValue, float64(connected), "connected")
 	ch <- prometheus.MustNewConstMetric(c.agents, prometheus.GaugeValue, float64(stale), "stale")
