@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Measures the hub at cluster scale on this machine: starts `ark hub` and
+# hack/hubsim, which links AGENTS simulated hosts (default 10,000: 80,000
+# GPUs, jobs of 512 ranks) over loopback WebSockets and sends the folded
+# stream agents would. Prints the hub's sustained ingest rate (steady and
+# overloaded), its RSS, and why latency for a 512-rank job under that load,
+# then checks the hub logged no warnings or errors.
+#
+# Usage: hack/bench-hub.sh [AGENTS] [SECONDS]   (SECONDS: the steady phase, default 40)
+# Extra hubsim flags go in HUBSIM_FLAGS, e.g. HUBSIM_FLAGS='-overload 0'.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+agents=${1:-10000}
+secs=${2:-40}
+tmp=$(mktemp -d)
+hub= sim=
+cleanup() {
+	[[ -n $sim ]] && kill "$sim" 2>/dev/null || true
+	if [[ -n $hub ]] && kill "$hub" 2>/dev/null; then
+		wait "$hub" 2>/dev/null || true
+	fi
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# One socket per agent in each process, plus some.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+if (($(ulimit -n) < agents + 512)); then
+	echo "bench-hub: $agents agents need 'ulimit -n' >= $((agents + 512)), have $(ulimit -n)" >&2
+	exit 1
+fi
+
+go build -o "$tmp/ark" ./cmd/ark
+go build -o "$tmp/hubsim" ./hack/hubsim
+od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$tmp/token"
+port=$((20000 + RANDOM % 10000))
+"$tmp/ark" hub --web.listen-address "127.0.0.1:$port" --token-file "$tmp/token" --log.level info 2>"$tmp/hub.log" &
+hub=$!
+
+hub_died() {
+	echo "bench-hub: the hub (pid $hub) died; the end of its log:" >&2
+	tail -n 20 "$tmp/hub.log" >&2
+	exit 1
+}
+for _ in $(seq 100); do
+	curl -sf "127.0.0.1:$port/readyz" >/dev/null && break
+	kill -0 "$hub" 2>/dev/null || hub_died
+	sleep 0.1
+done
+curl -sf "127.0.0.1:$port/readyz" >/dev/null || { echo "bench-hub: the hub is not ready after 10s" >&2; exit 1; }
+
+echo "hub: pid $hub on 127.0.0.1:$port; hubsim -agents $agents -steady ${secs}s ${HUBSIM_FLAGS:-}"
+# shellcheck disable=SC2086 # HUBSIM_FLAGS is a list of flags
+"$tmp/hubsim" -hub "http://127.0.0.1:$port" -token-file "$tmp/token" -hub-pid "$hub" \
+	-agents "$agents" -steady "${secs}s" ${HUBSIM_FLAGS:-} >"$tmp/report" &
+sim=$!
+# Fail fast when the hub dies under the load.
+while kill -0 "$sim" 2>/dev/null; do
+	kill -0 "$hub" 2>/dev/null || hub_died
+	sleep 1
+done
+rc=0
+wait "$sim" || rc=$?
+sim=
+cat "$tmp/report"
+kill -0 "$hub" 2>/dev/null || hub_died
+echo "folding ratio (events in per event forwarded): measured by the forwarder's benchmark," \
+	"go test -run '^\$' -bench BenchmarkFoldSteadyLoad ./exporter/forwarder/ (metric in/forwarded)"
+
+# The hub should have logged nothing above info at this scale.
+warns=$(grep -cE 'level=(WARN|ERROR)' "$tmp/hub.log" || true)
+echo "hub log: $(wc -l <"$tmp/hub.log") lines, $warns warnings or errors; most frequent:" \
+	"$(grep -oE 'msg="[^"]*"|msg=[^ ]*' "$tmp/hub.log" | sort | uniq -c | sort -rn | head -n 4 | awk '{$1=$1; print}' | paste -sd ';' -)"
+if ((warns > 0)); then
+	grep -E 'level=(WARN|ERROR)' "$tmp/hub.log" | head -n 10
+	rc=1
+fi
+if ((rc != 0)); then
+	echo "bench-hub: FAILED (hubsim exit $rc or hub warnings above)" >&2
+fi
+exit "$rc"
