@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -16,6 +17,8 @@ import (
 func newHubCmd() *cobra.Command {
 	var (
 		addr, tokenFile, cert, key, logLevel, ttl string
+		pprofOn                                   bool
+		memLimit                                  int64
 	)
 	cmd := &cobra.Command{
 		Use:   "hub",
@@ -34,7 +37,12 @@ func newHubCmd() *cobra.Command {
 				}
 				gopts.TTL = d
 			}
-			h, err := hubd.New(hubd.Config{Graph: gopts, TokenFile: tokenFile, Logger: logger})
+			if os.Getenv("GOMEMLIMIT") == "" && memLimit > 0 {
+				// The hub runs under a memory limit (512Mi in deploy/):
+				// collect harder near it rather than be killed.
+				debug.SetMemoryLimit(memLimit)
+			}
+			h, err := hubd.New(hubd.Config{Graph: gopts, TokenFile: tokenFile, Logger: logger, EnablePprof: pprofOn})
 			if err != nil {
 				return err
 			}
@@ -55,5 +63,7 @@ func newHubCmd() *cobra.Command {
 	f.StringVar(&key, "tls.key-file", "", "TLS key")
 	f.StringVar(&ttl, "graph.ttl", "", "expire graph nodes and edges without events for this long (default 5m)")
 	f.StringVar(&logLevel, "log.level", "info", "log level: debug, info, warn, error")
+	f.BoolVar(&pprofOn, "web.enable-pprof", false, "serve Go profiles under /debug/pprof/")
+	f.Int64Var(&memLimit, "memory-limit", 0, "soft memory limit for the Go runtime in bytes, e.g. 90% of the container limit (GOMEMLIMIT wins; 0: none)")
 	return cmd
 }

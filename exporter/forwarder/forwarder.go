@@ -338,7 +338,8 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
 	}
 	dctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
 	defer cancel()
-	ws, resp, err := websocket.Dial(dctx, c.opts.URL, &websocket.DialOptions{HTTPClient: c.opts.HTTPClient, HTTPHeader: h})
+	ws, resp, err := websocket.Dial(dctx, c.opts.URL, &websocket.DialOptions{HTTPClient: c.opts.HTTPClient, HTTPHeader: h,
+		CompressionMode: websocket.CompressionDisabled})
 	if resp != nil && resp.Body != nil {
 		_ = resp.Body.Close()
 	}

@@ -8,10 +8,13 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/graph"
@@ -28,6 +31,8 @@ type Config struct {
 	Token, TokenFile  string
 	CertFile, KeyFile string
 	Logger            *slog.Logger
+	// EnablePprof serves net/http/pprof under /debug/pprof/.
+	EnablePprof bool
 }
 
 // Hub is a running hub's parts.
@@ -54,6 +59,8 @@ func New(cfg Config) (*Hub, error) {
 		return nil, errors.New("a token is required (--token-file): agents and fix must authenticate")
 	}
 	reg := prometheus.NewRegistry()
+	// The hub's own process and runtime, as on the agent.
+	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
 	h := &Hub{Token: token}
 	var core *graphsvc.Hub
 	ls, err := agents.NewServer(agents.Options{
@@ -74,6 +81,12 @@ func New(cfg Config) (*Hub, error) {
 		return nil, err
 	}
 	core.Handle(link.Path, ls)
+	if cfg.EnablePprof {
+		core.Handle("/debug/pprof/", http.HandlerFunc(pprof.Index))
+		core.Handle("/debug/pprof/profile", http.HandlerFunc(pprof.Profile))
+		core.Handle("/debug/pprof/symbol", http.HandlerFunc(pprof.Symbol))
+		core.Handle("/debug/pprof/trace", http.HandlerFunc(pprof.Trace))
+	}
 	h.Core = core
 	return h, nil
 }
