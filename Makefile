@@ -9,7 +9,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test test-unit lint fmt bench demo fuzz clean
+.PHONY: all build test test-unit lint fmt bench bench-hub demo fuzz clean
 
 all: build
 
@@ -39,6 +39,11 @@ BENCH_AGENT_SECS ?= 30
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -cpu 1 -benchtime 2s $(BENCH_PKGS)
 	hack/bench-agent.sh $(BENCH_AGENT_SECS)
+
+## bench-hub: the hub at 10,000 simulated hosts over loopback WebSockets
+## (hack/bench-hub.sh AGENTS SECONDS; about 80 s)
+bench-hub:
+	hack/bench-hub.sh 10000 40
 
 ## fuzz: run the decoder fuzzer for a while (FUZZTIME=2m)
 FUZZTIME ?= 60s
