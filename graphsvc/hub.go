@@ -264,7 +264,7 @@ func (h *Hub) AgentConnected(node string, addrs []string) {
 	st.addrs = slices.Clone(addrs)
 	st.since, st.lastSeen = now, now
 	h.mu.Unlock()
-	h.log.Info("agent connected", "node", node, "addrs", addrs)
+	h.log.Debug("agent connected", "node", node, "addrs", addrs)
 }
 
 // AgentDisconnected records that node's agent link went down. The host and
@@ -275,7 +275,7 @@ func (h *Hub) AgentDisconnected(node string) {
 		st.connected = false
 	}
 	h.mu.Unlock()
-	h.log.Info("agent disconnected", "node", node)
+	h.log.Debug("agent disconnected", "node", node)
 }
 
 // staleLocked reports whether the hub cannot currently trust what it knows

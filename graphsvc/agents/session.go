@@ -2,10 +2,15 @@ package agents
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -144,7 +149,13 @@ func (ss *session) run(identity, remote string) {
 				continue
 			}
 			if err := ss.write(s.ctx, &link.Frame{Type: link.TypeAck, Seq: f.Seq}); err != nil {
-				log.Warn("could not acknowledge an agent's events", "err", err)
+				// An agent that went away mid-batch is not the hub's
+				// problem; it resends what was not acknowledged.
+				lvl := slog.LevelWarn
+				if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
+					lvl = slog.LevelDebug
+				}
+				log.Log(s.ctx, lvl, "could not acknowledge an agent's events", "err", err)
 				return
 			}
 		case link.TypeResult:
