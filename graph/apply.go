@@ -142,7 +142,19 @@ func (g *Graph) apply(ev *event.Event) {
 			proc.proc.addr = strings.Clone(a)
 			g.indexAddr(proc)
 		}
-	case event.ErrorHW, event.ErrorNet, event.TopoLinkDown:
+	case event.ErrorNet:
+		// A network error a process reports (an NCCL timeout, a
+		// retry-exceeded completion) is that process's trouble, often the
+		// echo of a fault elsewhere: it blocks the process, not the NIC
+		// every other job on the host shares. Without a pid it is the
+		// device's.
+		if proc != nil {
+			g.use(proc, g.resource(h, ev.EntityID, ts), ts)
+			g.fault(h, proc, ev, ts)
+			return
+		}
+		g.fault(h, g.resource(h, ev.EntityID, ts), ev, ts)
+	case event.ErrorHW, event.TopoLinkDown:
 		target := g.resource(h, ev.EntityID, ts)
 		if proc != nil && target != proc && target.kind == KindResource {
 			g.use(proc, target, ts)

@@ -539,3 +539,28 @@ func TestSnapshotRebuildsTheSameAnswer(t *testing.T) {
 		t.Fatalf("from the snapshot: %+v\nfrom the events: %+v", got.Causes, want.Causes)
 	}
 }
+
+// A network error a process reports is its own: on a NIC shared by two
+// jobs, the broken job's NCCL timeouts do not become the healthy job's
+// cause.
+func TestProcessNetworkErrorsStayWithTheProcess(t *testing.T) {
+	var r rec
+	r.job(t0, "sick", hosts4, 2, 1000) // gpu-0 and gpu-1 on every host
+	r.job(t0, "fine", hosts4, 1, 5000) // gpu-0 on every host, same NIC
+	r.steady(t0, t0+60_000, "sick", hosts4, 2, 1000)
+	r.steady(t0, t0+90_000, "fine", hosts4, 1, 5000)
+	r.add(t0+61_000, event.ErrorHW, "h2", "gpu-1", "Xid 79", 1101, "", "xid", "79")
+	r.stallOn(t0+62_000, t0+90_000, "sick", hosts4, 2, 1000, 1)
+	for hi, h := range hosts4 {
+		r.add(t0+85_000, event.ErrorNet, h, "network-ib0", "NCCL WARN Watchdog caught collective operation timeout", int64(1000+hi*100), "sick",
+			"reason", "nccl_timeout")
+	}
+	g := r.graph(Options{})
+	if res := mustWhy(t, g, Target{JobID: "fine"}, 0); len(res.Causes) != 0 {
+		t.Fatalf("the healthy job shares the NIC only: %+v", res.Causes)
+	}
+	res := mustWhy(t, g, Target{JobID: "sick"}, 0)
+	if len(res.Causes) == 0 || res.Causes[0].EntityID != "gpu-1" || res.Causes[0].NodeID != "h2" {
+		t.Fatalf("the sick job's cause is the GPU, not its own timeouts: %+v", res.Causes)
+	}
+}

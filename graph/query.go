@@ -173,6 +173,9 @@ func EdgeFor(ev *event.Event, qdepthThreshold float64) (t EdgeType, from, to str
 		if clears(ev) {
 			return 0, "", ""
 		}
+		if ev.Type == event.ErrorNet && proc != "" {
+			res = proc // a process's network error blocks the process
+		}
 		return BlockedBy, res, res + "#" + errorKey(ev)
 	case event.ProcessState:
 		if proc == "" || !IsStuckState(ev.Value) {

@@ -48,7 +48,7 @@ const scenarioDir = "../../testdata/scenarios"
 
 // corpora are the recorded incidents: our scenarios, and the red team's,
 // written to break the ranking (other launchers, orders, red herrings).
-var corpora = []string{scenarioDir, "../../testdata/redteam"}
+var corpora = []string{scenarioDir, "../../testdata/redteam", "../../testdata/redteam2"}
 
 func loadScenarios(t *testing.T) []scenario {
 	t.Helper()

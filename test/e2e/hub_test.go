@@ -243,10 +243,13 @@ func TestHubAndFourAgents(t *testing.T) {
 	if err != nil || !strings.Contains(string(out), "ROOT CAUSE: fatal gpu-6 on node-3") {
 		t.Fatalf("ark why --hub: %v\n%s", err, out)
 	}
-	out, err = exec.Command(arkBin, "ps", "--job", "train/example", "--node", "node-2", "--hub", "http://"+hubAddr).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), strconv.Itoa(pid)) {
-		t.Fatalf("ark ps --hub: %v\n%s", err, out)
-	}
+	eventually(t, 10*time.Second, "ark ps --hub lists the test's rank", func() error {
+		out, err := exec.Command(arkBin, "ps", "--job", "train/example", "--node", "node-2", "--hub", "http://"+hubAddr).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), strconv.Itoa(pid)) {
+			return fmt.Errorf("%v: %s", err, out)
+		}
+		return nil
+	})
 
 	// Restart the hub: agents reconnect and resend their snapshots.
 	hub.kill()
@@ -272,13 +275,19 @@ func TestHubAndFourAgents(t *testing.T) {
 
 	// Kill an agent: its host turns stale, the answer stands.
 	agents["node-4"].kill()
-	eventually(t, 10*time.Second, "node-4 stale", func() error {
+	eventually(t, 20*time.Second, "node-4 stale", func() error {
 		w, err := getWhy(hubAddr)
 		if err != nil {
 			return err
 		}
 		if len(w.StaleHosts) != 1 || w.StaleHosts[0] != "node-4" {
-			return fmt.Errorf("stale hosts %v", w.StaleHosts)
+			resp, err := http.Get("http://" + hubAddr + "/api/v1/agents")
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			return fmt.Errorf("stale hosts %v; agents: %s", w.StaleHosts, b)
 		}
 		return faultyGPUFirst(hubAddr)
 	})
