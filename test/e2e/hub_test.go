@@ -246,7 +246,7 @@ func TestHubAndFourAgents(t *testing.T) {
 	eventually(t, 10*time.Second, "ark ps --hub lists the test's rank", func() error {
 		out, err := exec.Command(arkBin, "ps", "--job", "train/example", "--node", "node-2", "--hub", "http://"+hubAddr).CombinedOutput()
 		if err != nil || !strings.Contains(string(out), strconv.Itoa(pid)) {
-			return fmt.Errorf("%v: %s", err, out)
+			return fmt.Errorf("%w: %s", err, out)
 		}
 		return nil
 	})
