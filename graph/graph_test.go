@@ -98,10 +98,12 @@ func TestWhyNamesTheFaultyGPUAcrossHosts(t *testing.T) {
 	if c.NodeID != "h3" || c.EntityID != "gpu-1" || c.XID != 79 || c.Severity != "fatal" {
 		t.Fatalf("first cause %+v", c)
 	}
-	if c.AffectedRanks != 4 || c.TotalRanks != 8 {
+	if c.AffectedRanks != 8 || c.TotalRanks != 8 {
 		// Local index 1 on every host: h3/pid-1201 uses gpu-1 and the other
-		// three wait on it. Index 0 ranks wait on h3/pid-1200, which is fine.
-		t.Fatalf("affected %d/%d, want 4/8", c.AffectedRanks, c.TotalRanks)
+		// three wait on it. Index 0 ranks wait on h3/pid-1200, stuck beside
+		// the dead GPU with nothing else to explain it: linked through the
+		// host to its job's faulty device.
+		t.Fatalf("affected %d/%d, want 8/8", c.AffectedRanks, c.TotalRanks)
 	}
 	// The chain starts on another host and crosses to h3 over a WaitsOn.
 	if len(c.Chain) < 3 || c.Chain[0].Type != "WaitsOn" || c.Chain[0].To != "h3/pid-1201" {

@@ -287,33 +287,48 @@ func (w *walker) sameHost(explained []bool) {
 		}
 		done[p.host] = true
 		for _, r := range p.host.res {
-			if !g.faultedHold(r, w.at, w.hold) || w.owned(r) {
+			if !g.faultedHold(r, w.at, w.hold) {
 				continue
 			}
-			w.visit(r)
-			ri := w.idx[r]
-			if w.virtIn == nil {
-				w.virtIn = make(map[int32][]int32)
-			}
+			jobs := w.ownerJobs(r)
 			// Every stuck process of the host that nothing else explains
-			// gets the link.
+			// gets the link: to a device nobody is known to use, or to one
+			// a rank of its own job uses (ranks on one host talk over
+			// NVLink or shared memory, which leaves no drops to follow).
 			for j := 0; j < n; j++ {
-				if q := w.seen[j]; q.kind == KindProcess && q.host == p.host && !explained[j] && IsStuckState(q.proc.state) {
-					w.virtIn[ri] = append(w.virtIn[ri], int32(j))
+				q := w.seen[j]
+				if q.kind != KindProcess || q.host != p.host || explained[j] || !IsStuckState(q.proc.state) {
+					continue
 				}
+				if jobs != nil && (!q.proc.job.alive() || !jobs[q.proc.job]) {
+					continue
+				}
+				w.visit(r)
+				ri := w.idx[r]
+				if w.virtIn == nil {
+					w.virtIn = make(map[int32][]int32)
+				}
+				w.virtIn[ri] = append(w.virtIn[ri], int32(j))
 			}
 		}
 	}
 }
 
-// owned reports whether some process is known to use r right now.
-func (w *walker) owned(r *node) bool {
+// ownerJobs returns the jobs of the processes known to use r right now, or
+// nil when nobody is.
+func (w *walker) ownerJobs(r *node) map[*node]bool {
+	var jobs map[*node]bool
 	for _, e := range r.in {
-		if (e.typ == Consumes || e.typ == WaitsOn) && w.g.edgeAliveHold(e, w.at, w.hold) {
-			return true
+		if (e.typ == Consumes || e.typ == WaitsOn) && e.from.kind == KindProcess && w.g.edgeAliveHold(e, w.at, w.hold) {
+			if jobs == nil {
+				jobs = map[*node]bool{}
+			}
+			if j := e.from.proc.job; j.alive() {
+				jobs[j] = true
+			}
 		}
 	}
-	return false
+	return jobs
 }
 
 // SameHost is the chain hop type of an inferred same-host link.
@@ -638,7 +653,9 @@ func (w *walker) reverse(c *node) (next, dist []int32, reached int) {
 		for _, from := range w.virtIn[x] {
 			if next[from] < 0 {
 				next[from] = x
-				dist[from] = dist[x] + 1
+				// An inferred hop costs more when a chain is picked: a
+				// path of real edges tells more.
+				dist[from] = dist[x] + inferredHopCost
 				queue = append(queue, from)
 			}
 		}
@@ -652,6 +669,10 @@ func (w *walker) reverse(c *node) (next, dist []int32, reached int) {
 	}
 	return next, dist, reached
 }
+
+// inferredHopCost is what a SameHost hop adds to a path's length when the
+// chain to show is chosen.
+const inferredHopCost = 1000
 
 // cause builds the output for one candidate, with the chain from the most
 // telling source: a process on another host if any reaches it (that shows
