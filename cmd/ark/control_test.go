@@ -17,6 +17,7 @@ import (
 	"github.com/ark-gpu/ark/exporter"
 	"github.com/ark-gpu/ark/exporter/audit"
 	"github.com/ark-gpu/ark/exporter/probe"
+	"github.com/ark-gpu/ark/exporter/procstat"
 	"github.com/ark-gpu/ark/graph"
 )
 
@@ -27,8 +28,11 @@ func startTime(t *testing.T, pid int) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-	return f[19]
+	st, err := procstat.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strconv.FormatUint(st.StartTime, 10)
 }
 
 type testAgent struct {

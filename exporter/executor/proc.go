@@ -7,10 +7,11 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ark-gpu/ark/exporter/procstat"
 )
 
 // procStat is what the executor reads from /proc/<pid>/stat.
@@ -29,21 +30,11 @@ func readStat(procfs string, pid int64) (procStat, error) {
 		}
 		return procStat{}, fmt.Errorf("reading stat of pid %d: %w", pid, err)
 	}
-	s := string(raw)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return procStat{}, fmt.Errorf("parsing stat of pid %d: no ')'", pid)
-	}
-	// After ')' come field 3 (state) onwards, so field 22 is index 19.
-	f := strings.Fields(s[i+1:])
-	if len(f) < 20 || len(f[0]) != 1 {
-		return procStat{}, fmt.Errorf("parsing stat of pid %d: %d fields after the command", pid, len(f))
-	}
-	st, err := strconv.ParseUint(f[19], 10, 64)
+	st, err := procstat.Parse(raw)
 	if err != nil {
-		return procStat{}, fmt.Errorf("parsing start time of pid %d: %w", pid, err)
+		return procStat{}, fmt.Errorf("parsing stat of pid %d: %w", pid, err)
 	}
-	return procStat{state: f[0][0], startTime: st}, nil
+	return procStat{state: st.State, startTime: st.StartTime}, nil
 }
 
 // target is a verified process to act on. With a pidfd (Linux 5.3+) a

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ark-gpu/ark/exporter/procstat"
 )
 
 var arkBin string
@@ -356,6 +358,9 @@ func startTime(t *testing.T, pid int) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-	return f[19]
+	st, err := procstat.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strconv.FormatUint(st.StartTime, 10)
 }

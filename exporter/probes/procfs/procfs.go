@@ -4,7 +4,6 @@
 package procfs
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/exporter/probe"
+	"github.com/ark-gpu/ark/exporter/procstat"
 	"github.com/ark-gpu/ark/graph"
 )
 
@@ -131,40 +131,10 @@ func (p *Probe) Run(ctx context.Context, sink probe.Sink) error {
 }
 
 // Stat is what the probe reads from /proc/<pid>/stat.
-type Stat struct {
-	State     byte
-	UTime     uint64 // clock ticks
-	STime     uint64
-	StartTime uint64
-}
+type Stat = procstat.Stat
 
-// ParseStat parses the contents of /proc/<pid>/stat. The command name is
-// in parentheses and may itself contain spaces and parentheses, so fields
-// are counted from the last ')'.
-func ParseStat(b []byte) (Stat, error) {
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 || i+2 >= len(b) {
-		return Stat{}, errors.New("malformed stat: no command")
-	}
-	f := bytes.Fields(b[i+2:])
-	// f[0] is field 3 (state); utime is 14, stime 15, starttime 22.
-	if len(f) < 20 {
-		return Stat{}, fmt.Errorf("malformed stat: %d fields", len(f)+2)
-	}
-	var st Stat
-	st.State = f[0][0]
-	var err error
-	if st.UTime, err = strconv.ParseUint(string(f[11]), 10, 64); err != nil {
-		return Stat{}, fmt.Errorf("malformed stat utime: %w", err)
-	}
-	if st.STime, err = strconv.ParseUint(string(f[12]), 10, 64); err != nil {
-		return Stat{}, fmt.Errorf("malformed stat stime: %w", err)
-	}
-	if st.StartTime, err = strconv.ParseUint(string(f[19]), 10, 64); err != nil {
-		return Stat{}, fmt.Errorf("malformed stat starttime: %w", err)
-	}
-	return st, nil
-}
+// ParseStat parses the contents of /proc/<pid>/stat.
+func ParseStat(b []byte) (Stat, error) { return procstat.Parse(b) }
 
 func (p *Probe) poll(sink probe.Sink) error {
 	now := p.now()

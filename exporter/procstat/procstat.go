@@ -1,0 +1,46 @@
+// Package procstat parses /proc/<pid>/stat: the process state, CPU time
+// and start time that the procfs probe, the executor and tests read.
+package procstat
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"strconv"
+)
+
+// Stat is what Ark reads from /proc/<pid>/stat.
+type Stat struct {
+	State     byte
+	UTime     uint64 // clock ticks
+	STime     uint64
+	StartTime uint64
+}
+
+// Parse parses the contents of /proc/<pid>/stat. The command name is
+// in parentheses and may itself contain spaces and parentheses, so fields
+// are counted from the last ')'.
+func Parse(b []byte) (Stat, error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return Stat{}, errors.New("malformed stat: no command")
+	}
+	f := bytes.Fields(b[i+2:])
+	// f[0] is field 3 (state); utime is 14, stime 15, starttime 22.
+	if len(f) < 20 {
+		return Stat{}, fmt.Errorf("malformed stat: %d fields", len(f)+2)
+	}
+	var st Stat
+	st.State = f[0][0]
+	var err error
+	if st.UTime, err = strconv.ParseUint(string(f[11]), 10, 64); err != nil {
+		return Stat{}, fmt.Errorf("malformed stat utime: %w", err)
+	}
+	if st.STime, err = strconv.ParseUint(string(f[12]), 10, 64); err != nil {
+		return Stat{}, fmt.Errorf("malformed stat stime: %w", err)
+	}
+	if st.StartTime, err = strconv.ParseUint(string(f[19]), 10, 64); err != nil {
+		return Stat{}, fmt.Errorf("malformed stat starttime: %w", err)
+	}
+	return st, nil
+}
