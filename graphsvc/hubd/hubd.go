@@ -33,6 +33,9 @@ type Config struct {
 	Logger            *slog.Logger
 	// EnablePprof serves net/http/pprof under /debug/pprof/.
 	EnablePprof bool
+	// Remediation, when set, serves the Alertmanager webhook at
+	// /api/v1/alerts and runs the remediator.
+	Remediation *RemediationConfig
 }
 
 // Hub is a running hub's parts.
@@ -40,6 +43,8 @@ type Hub struct {
 	Core  *graphsvc.Hub
 	Link  *agents.Server
 	Token string
+
+	rem *remediation
 }
 
 // New builds the hub.
@@ -88,12 +93,37 @@ func New(cfg Config) (*Hub, error) {
 		core.Handle("/debug/pprof/trace", http.HandlerFunc(pprof.Trace))
 	}
 	h.Core = core
+	if cfg.Remediation != nil {
+		h.rem, err = newRemediation(*cfg.Remediation, token, core, dispatcher{ls}, reg, cfg.Logger.With("component", "remediator"))
+		if err != nil {
+			return nil, err
+		}
+		core.Handle("/api/v1/alerts", h.rem.r)
+	} else {
+		core.Handle("/api/v1/alerts", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = w.Write([]byte(`{"error":"remediation is off: start the hub with --remediation.policy"}` + "\n"))
+		}))
+	}
 	return h, nil
 }
 
 // Serve runs the hub on ln until ctx ends.
 func (h *Hub) Serve(ctx context.Context, ln net.Listener, certFile, keyFile string) error {
 	defer func() { _ = h.Link.Close() }()
+	if h.rem != nil {
+		rctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			h.rem.run(rctx)
+		}()
+		defer func() {
+			cancel()
+			<-done
+		}()
+	}
 	return h.Core.Serve(ctx, ln, certFile, keyFile)
 }
 
