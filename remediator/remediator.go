@@ -82,15 +82,15 @@ type Options struct {
 	// IsLeader says whether this replica acts; nil means always.
 	IsLeader func() bool
 	// Auth checks a webhook request; nil refuses every request.
-	Auth       func(user, password, bearer string) bool
-	Logger     *slog.Logger
-	Metrics    *Metrics
-	Workers    int   // concurrent remediations (default 32)
-	QueueSize  int   // alerts waiting for a worker (default 4096)
-	MaxBody    int64 // webhook body limit in bytes (default 4 MiB)
-	AgentWait  time.Duration
-	Now        func() time.Time
-	User       string // the audit log's user (default "ark-remediator")
+	Auth      func(user, password, bearer string) bool
+	Logger    *slog.Logger
+	Metrics   *Metrics
+	Workers   int   // concurrent remediations (default 32)
+	QueueSize int   // alerts waiting for a worker (default 4096)
+	MaxBody   int64 // webhook body limit in bytes (default 4 MiB)
+	AgentWait time.Duration
+	Now       func() time.Time
+	User      string // the audit log's user (default "ark-remediator")
 }
 
 // Remediator handles Alertmanager webhooks and runs remediations.
