@@ -2,9 +2,9 @@ package remediator
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/util/retry"
 )
@@ -68,10 +69,40 @@ func (k *Kube) Claim(ctx context.Context, node string, class Class, alert string
 		if taint {
 			setTaint(n, class)
 		}
-		_, err = k.c.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
-		return err
+		return k.patchNode(ctx, n, taint)
 	})
 	return last, err
+}
+
+// patchNode writes n's annotations (and taints, when taints is set) with a
+// JSON merge patch that carries the resourceVersion read, so a write
+// racing another fails with a conflict instead of overwriting it. Taints
+// have no merge key: the list is written whole, which the precondition
+// makes safe.
+func (k *Kube) patchNode(ctx context.Context, n *corev1.Node, taints bool) error {
+	type meta struct {
+		ResourceVersion string            `json:"resourceVersion"`
+		Annotations     map[string]string `json:"annotations,omitempty"`
+	}
+	type spec struct {
+		Taints []corev1.Taint `json:"taints"`
+	}
+	body := struct {
+		Metadata meta  `json:"metadata"`
+		Spec     *spec `json:"spec,omitempty"`
+	}{Metadata: meta{ResourceVersion: n.ResourceVersion, Annotations: n.Annotations}}
+	if taints {
+		body.Spec = &spec{Taints: n.Spec.Taints}
+		if body.Spec.Taints == nil {
+			body.Spec.Taints = []corev1.Taint{}
+		}
+	}
+	b, err := json.Marshal(body)
+	if err != nil {
+		return err
+	}
+	_, err = k.c.CoreV1().Nodes().Patch(ctx, n.Name, types.MergePatchType, b, metav1.PatchOptions{})
+	return err
 }
 
 // remediatedAt reads the cooldown annotation.
@@ -82,6 +113,16 @@ func remediatedAt(n *corev1.Node) (time.Time, bool) {
 	}
 	t, err := time.Parse(time.RFC3339Nano, s)
 	return t, err == nil
+}
+
+// hasTaint reports whether n carries Ark's taint.
+func hasTaint(n *corev1.Node) bool {
+	for _, t := range n.Spec.Taints {
+		if t.Key == TaintKey {
+			return true
+		}
+	}
+	return false
 }
 
 // setTaint adds or updates Ark's taint, leaving every other taint alone.
@@ -133,38 +174,24 @@ func (k *Kube) updateNode(ctx context.Context, node string, mutate func(*corev1.
 		if !mutate(n) {
 			return nil
 		}
-		_, err = k.c.CoreV1().Nodes().Update(ctx, n, metav1.UpdateOptions{})
-		return err
+		return k.patchNode(ctx, n, true)
 	})
 }
 
-// SetCondition sets the ArkHardwareFault condition through nodes/status.
+// SetCondition sets the ArkHardwareFault condition through nodes/status
+// with a strategic merge patch: conditions merge by type, so the kubelet's
+// conditions are left alone and no read is needed.
 func (k *Kube) SetCondition(ctx context.Context, node string, status corev1.ConditionStatus, reason, msg string) error {
-	return retry.RetryOnConflict(retry.DefaultBackoff, func() error {
-		n, err := k.c.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		now := metav1.Now()
-		cond := corev1.NodeCondition{Type: ConditionType, Status: status, Reason: reason, Message: msg,
-			LastHeartbeatTime: now, LastTransitionTime: now}
-		found := false
-		for i, c := range n.Status.Conditions {
-			if c.Type != ConditionType {
-				continue
-			}
-			found = true
-			if c.Status == status {
-				cond.LastTransitionTime = c.LastTransitionTime
-			}
-			n.Status.Conditions[i] = cond
-		}
-		if !found {
-			n.Status.Conditions = append(n.Status.Conditions, cond)
-		}
-		_, err = k.c.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+	now := metav1.Now()
+	patch := map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{{
+		Type: ConditionType, Status: status, Reason: reason, Message: msg, LastHeartbeatTime: now, LastTransitionTime: now,
+	}}}}
+	b, err := json.Marshal(patch)
+	if err != nil {
 		return err
-	})
+	}
+	_, err = k.c.CoreV1().Nodes().Patch(ctx, node, types.StrategicMergePatchType, b, metav1.PatchOptions{}, "status")
+	return err
 }
 
 // PodsToEvict lists the node's pods that eviction applies to: not
@@ -284,11 +311,8 @@ func (k *Kube) CountNodes(ctx context.Context, since time.Time) (Count, error) {
 
 func countNode(c *Count, n *corev1.Node, since time.Time) {
 	c.Nodes++
-	for _, t := range n.Spec.Taints {
-		if t.Key == TaintKey {
-			c.Tainted++
-			break
-		}
+	if hasTaint(n) {
+		c.Tainted++
 	}
 	if t, ok := remediatedAt(n); ok && !t.Before(since) {
 		c.Recent++
@@ -306,5 +330,3 @@ func (k *Kube) NodeExists(ctx context.Context, node string) (bool, error) {
 	}
 	return false, err
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }

@@ -307,51 +307,51 @@ func (r *Remediator) remediate(ctx context.Context, j job) {
 
 // claim checks the cooldown and the circuit breaker and records the action
 // on the node (with the taint when taint is the first step). It audits and
-// returns false when the remediation must not go on.
+// returns false when the remediation must not go on. A node in cooldown is
+// not a new node for the breaker, so the cooldown is checked first.
 func (r *Remediator) claim(ctx context.Context, s *step, taint bool) bool {
 	now := r.o.Now()
 	cooldown := time.Duration(r.o.Policy.Cooldown)
+	n, err := r.o.Client.CoreV1().Nodes().Get(ctx, s.node, metav1.GetOptions{})
+	if err != nil {
+		r.audit(ctx, *s, "claim", audit.Failure, 0, "", "reading the node: "+err.Error())
+		r.m.alerts.WithLabelValues("firing", "failed").Inc()
+		return false
+	}
+	last, ok := remediatedAt(n)
 	if r.o.DryRun {
 		r.dryMu.Lock()
-		last, ok := r.dryRun[s.node]
-		r.dryMu.Unlock()
-		if ok && now.Sub(last) < cooldown {
-			r.inCooldown(ctx, *s, last)
-			return false
+		if t, found := r.dryRun[s.node]; found && (!ok || t.After(last)) {
+			last, ok = t, true
 		}
+		r.dryMu.Unlock()
+	}
+	if ok && now.Sub(last) < cooldown {
+		r.inCooldown(ctx, *s, last)
+		return false
 	}
 	br := r.o.Policy.CircuitBreaker
-	limited := br.MaxTaintedRatio < 1 || *br.MaxNodesPerHour > 0
-	if limited {
+	if br.MaxTaintedRatio < 1 || *br.MaxNodesPerHour > 0 {
 		// Checks and claims are one at a time, so two nodes cannot both
 		// pass a breaker that has room for one.
 		r.breaker.Lock()
 		defer r.breaker.Unlock()
-		if err := r.checkBreaker(ctx, s.node, now); err != nil {
+		if err := r.checkBreaker(ctx, n, now); err != nil {
 			r.m.alerts.WithLabelValues("firing", "breaker").Inc()
 			r.audit(ctx, *s, "circuit_breaker", audit.Failure, 0, "", err.Error())
 			return false
 		}
 	}
 	if r.o.DryRun {
-		// Read the annotation, as a real run would, but write nothing.
-		n, err := r.o.Client.CoreV1().Nodes().Get(ctx, s.node, metav1.GetOptions{})
-		if err != nil {
-			r.audit(ctx, *s, "claim", audit.Failure, 0, "", "reading the node: "+err.Error())
-			return false
-		}
-		if t, ok := remediatedAt(n); ok && now.Sub(t) < cooldown {
-			r.inCooldown(ctx, *s, t)
-			return false
-		}
 		r.dryMu.Lock()
 		r.dryRun[s.node] = now
 		r.dryMu.Unlock()
 		return true
 	}
-	last, err := r.kube.Claim(ctx, s.node, s.class, s.j.alertname+"/"+s.j.fingerprint, cooldown, now, taint)
+	last, err = r.kube.Claim(ctx, s.node, s.class, s.j.alertname+"/"+s.j.fingerprint, cooldown, now, taint)
 	switch {
 	case errors.Is(err, ErrCooldown):
+		// Another replica claimed it between the read and the write.
 		r.inCooldown(ctx, *s, last)
 		return false
 	case err != nil:
@@ -374,28 +374,33 @@ func (r *Remediator) inCooldown(ctx context.Context, s step, last time.Time) {
 			last.UTC().Format(time.RFC3339), until.UTC().Format(time.RFC3339)))
 }
 
-// checkBreaker refuses a node past either limit.
-func (r *Remediator) checkBreaker(ctx context.Context, node string, now time.Time) error {
+// checkBreaker refuses node n past either limit. A node that already
+// carries Ark's taint adds nothing to the tainted share.
+func (r *Remediator) checkBreaker(ctx context.Context, n *corev1.Node, now time.Time) error {
 	br := r.o.Policy.CircuitBreaker
 	c, err := r.kube.CountNodes(ctx, now.Add(-time.Hour))
 	if err != nil {
 		return fmt.Errorf("circuit breaker: cannot count nodes, refusing to act: %w", err)
 	}
 	r.dryMu.Lock()
-	for _, t := range r.dryRun {
-		if now.Sub(t) < time.Hour {
+	for node, t := range r.dryRun {
+		if now.Sub(t) < time.Hour && node != n.Name {
 			c.Recent++
 			c.Tainted++
 		}
 	}
 	r.dryMu.Unlock()
-	if br.MaxTaintedRatio < 1 && c.Nodes > 0 && float64(c.Tainted+1)/float64(c.Nodes) > br.MaxTaintedRatio {
-		return fmt.Errorf("circuit breaker open: %d of %d nodes already carry %s and tainting %s would pass max_tainted_ratio %.2f",
-			c.Tainted, c.Nodes, TaintKey, node, br.MaxTaintedRatio)
+	adds := 1
+	if hasTaint(n) {
+		adds = 0
 	}
-	if n := *br.MaxNodesPerHour; n > 0 && c.Recent >= n {
+	if br.MaxTaintedRatio < 1 && c.Nodes > 0 && float64(c.Tainted+adds)/float64(c.Nodes) > br.MaxTaintedRatio {
+		return fmt.Errorf("circuit breaker open: %d of %d nodes already carry %s and tainting %s would pass max_tainted_ratio %.2f",
+			c.Tainted, c.Nodes, TaintKey, n.Name, br.MaxTaintedRatio)
+	}
+	if m := *br.MaxNodesPerHour; m > 0 && c.Recent >= m {
 		return fmt.Errorf("circuit breaker open: %d nodes remediated in the last hour, max_nodes_per_hour is %d; %s left alone",
-			c.Recent, n, node)
+			c.Recent, m, n.Name)
 	}
 	return nil
 }
@@ -478,7 +483,7 @@ func (r *Remediator) agentAction(ctx context.Context, s step, st Step) {
 					result = audit.Failure
 				}
 				details := res.Details
-				if res.Error != "" {
+				if res.Error != "" && res.Error != res.Details {
 					details = strings.TrimSpace(details + " " + res.Error)
 				}
 				r.audit(ctx, s, action, result, rk.PID, rk.JobID, "agent answered: "+details)
