@@ -9,7 +9,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test test-unit lint fmt bench bench-hub demo fuzz clean
+.PHONY: all build test test-unit lint fmt bench bench-hub bench-remediation demo fuzz kube clean
 
 all: build
 
@@ -17,8 +17,13 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ark
 
 ## test: every test, with the race detector, plus lint (what CI runs)
-test: lint
+test: lint kube
 	$(GO) test -race -count=1 $(PKGS)
+
+## kube: build (once, cached in ~/.cache/ark) the real etcd, kube-apiserver
+## and kube-controller-manager the remediation tests run against
+kube:
+	@hack/kube.sh >/dev/null
 
 ## test-unit: the fast inner loop
 test-unit:

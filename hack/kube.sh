@@ -23,7 +23,7 @@ if [ "$ok" = 0 ]; then
 	mkdir -p "$dir.tmp"
 	(
 		cd "$src"
-		export CGO_ENABLED=0 GOFLAGS=-mod=mod
+		export CGO_ENABLED=0
 		go build -trimpath -ldflags=-s -o "$dir.tmp/etcd" ./etcd >&2
 		go build -trimpath -ldflags=-s -o "$dir.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver >&2
 		go build -trimpath -ldflags=-s -o "$dir.tmp/kube-controller-manager" k8s.io/kubernetes/cmd/kube-controller-manager >&2

@@ -112,7 +112,7 @@ func alertPayload(status, alertname string, labels map[string]string) string {
 		ls[k] = v
 	}
 	h := fnv.New64a()
-	_, _ = h.Write([]byte(fmt.Sprint(ls))) // fmt prints maps sorted
+	_, _ = fmt.Fprint(h, ls) // fmt prints maps sorted
 	fp := fmt.Sprintf("%016x", h.Sum64())
 	a := map[string]any{"status": status, "labels": ls, "annotations": map[string]string{"summary": alertname},
 		"startsAt": time.Now().Add(-time.Minute).UTC().Format(time.RFC3339), "endsAt": "0001-01-01T00:00:00Z",
