@@ -41,9 +41,17 @@ fmt:
 ## CPU and RSS under a realistic load (BENCH_AGENT_SECS, default 30)
 BENCH_PKGS := ./event/ ./graph/ ./exporter/ ./exporter/probes/kmsg/
 BENCH_AGENT_SECS ?= 30
-bench:
+bench: kube
 	$(GO) test -run '^$$' -bench . -benchmem -cpu 1 -benchtime 2s $(BENCH_PKGS)
 	hack/bench-agent.sh $(BENCH_AGENT_SECS)
+	$(MAKE) bench-remediation
+
+## bench-remediation: against a real kube-apiserver: webhook → taint
+## latency (one alert at a time) and nodes quarantined per second (100
+## alerts at once, 16 in flight, circuit breaker off)
+bench-remediation: kube
+	$(GO) test -run '^$$' -bench WebhookToTaint -benchtime 300x ./remediator/ | grep -E '^(Benchmark|ok|FAIL)'
+	$(GO) test -run '^$$' -bench QuarantineThroughput -benchtime 5x ./remediator/ | grep -E '^(Benchmark|ok|FAIL)'
 
 ## bench-hub: the hub at 10,000 simulated hosts over loopback WebSockets
 ## (hack/bench-hub.sh AGENTS SECONDS; about 80 s)
