@@ -24,6 +24,8 @@ func newHubCmd() *cobra.Command {
 		memLimit                                  int64
 		rem                                       = hubd.RemediationConfig{LeaderElect: true}
 		policyFile                                string
+		tokenReview                               bool
+		trAudiences, trUsers                      []string
 	)
 	cmd := &cobra.Command{
 		Use:   "hub",
@@ -58,6 +60,9 @@ func newHubCmd() *cobra.Command {
 				return nil
 			}
 			cfg := hubd.Config{Graph: gopts, TokenFile: tokenFile, Logger: logger, EnablePprof: pprofOn}
+			if tokenReview {
+				cfg.AgentTokenReview = &hubd.TokenReviewConfig{Kubeconfig: rem.Kubeconfig, Audiences: trAudiences, Users: trUsers}
+			}
 			if policyFile != "" {
 				rem.PolicyFile = policyFile
 				cfg.Remediation = &rem
@@ -84,6 +89,9 @@ func newHubCmd() *cobra.Command {
 	f.StringVar(&ttl, "graph.ttl", "", "expire graph nodes and edges without events for this long (default 5m)")
 	f.StringVar(&logLevel, "log.level", "info", "log level: debug, info, warn, error")
 	f.BoolVar(&pprofOn, "web.enable-pprof", false, "serve Go profiles under /debug/pprof/")
+	f.BoolVar(&tokenReview, "agent-auth.tokenreview", false, "also accept agents whose Kubernetes ServiceAccount token the TokenReview API accepts (in-cluster or --kubeconfig)")
+	f.StringSliceVar(&trAudiences, "agent-auth.audience", []string{"ark-hub"}, "audiences an agent's token must be bound to")
+	f.StringSliceVar(&trUsers, "agent-auth.users", []string{"system:serviceaccount:ark-system:ark-agent"}, "users that may connect as agents")
 	f.BoolVar(&checkConfig, "check-config", false, "check the remediation policy (--remediation.policy) and exit")
 	f.StringVar(&policyFile, "remediation.policy", "", "remediation policy file; serves the Alertmanager webhook at /api/v1/alerts (off without it)")
 	f.BoolVar(&rem.DryRun, "remediation.dry-run", false, "run every check, record Events and audit dry_run, but change nothing")

@@ -312,8 +312,15 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		s.m.authFailures.Inc()
 		s.log.Warn("agent refused", "remote", r.RemoteAddr, "err", err)
-		w.Header().Set("WWW-Authenticate", `Bearer realm="ark-hub"`)
-		http.Error(w, "unauthorized: "+err.Error(), http.StatusUnauthorized)
+		switch {
+		case errors.Is(err, ErrForbiddenUser):
+			http.Error(w, "forbidden: "+err.Error(), http.StatusForbidden)
+		case errors.Is(err, ErrUnauthenticated):
+			w.Header().Set("WWW-Authenticate", `Bearer realm="ark-hub"`)
+			http.Error(w, "unauthorized: "+err.Error(), http.StatusUnauthorized)
+		default: // the hub could not check (TokenReview unreachable): retry
+			http.Error(w, "cannot authenticate now: "+err.Error(), http.StatusServiceUnavailable)
+		}
 		return
 	}
 	s.mu.Lock()

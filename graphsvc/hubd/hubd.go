@@ -33,9 +33,20 @@ type Config struct {
 	Logger            *slog.Logger
 	// EnablePprof serves net/http/pprof under /debug/pprof/.
 	EnablePprof bool
+	// AgentTokenReview, when set, also accepts agents presenting a
+	// Kubernetes ServiceAccount token that the TokenReview API accepts.
+	AgentTokenReview *TokenReviewConfig
 	// Remediation, when set, serves the Alertmanager webhook at
 	// /api/v1/alerts and runs the remediator.
 	Remediation *RemediationConfig
+}
+
+// TokenReviewConfig configures agent authentication through the
+// Kubernetes TokenReview API.
+type TokenReviewConfig struct {
+	Kubeconfig string // empty: in-cluster
+	Audiences  []string
+	Users      []string
 }
 
 // Hub is a running hub's parts.
@@ -68,8 +79,16 @@ func New(cfg Config) (*Hub, error) {
 	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
 	h := &Hub{Token: token}
 	var core *graphsvc.Hub
+	var auth agents.Authenticator = agents.BearerToken(token)
+	if tr := cfg.AgentTokenReview; tr != nil {
+		client, err := kubeClient(tr.Kubeconfig)
+		if err != nil {
+			return nil, err
+		}
+		auth = agents.AnyOf{auth, &agents.TokenReview{Client: client, Audiences: tr.Audiences, Users: tr.Users}}
+	}
 	ls, err := agents.NewServer(agents.Options{
-		Token: token, Logger: cfg.Logger.With("component", "link"), Registerer: reg,
+		Auth: auth, Logger: cfg.Logger.With("component", "link"), Registerer: reg,
 		OnEvents:     func(node string, evs []event.Event) { core.Ingest(node, evs) },
 		OnConnect:    func(node string, addrs []string) { core.AgentConnected(node, addrs) },
 		OnDisconnect: func(node string) { core.AgentDisconnected(node) },
