@@ -8,6 +8,8 @@
 #
 # Usage: hack/bench-hub.sh [AGENTS] [SECONDS]   (SECONDS: the steady phase, default 40)
 # Extra hubsim flags go in HUBSIM_FLAGS, e.g. HUBSIM_FLAGS='-overload 0'.
+# Extra hub flags go in HUB_FLAGS, e.g. HUB_FLAGS=--web.enable-pprof; with PROFILE_DIR set, heap and
+# goroutine profiles are taken there in the middle of the steady phase.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 agents=${1:-10000}
@@ -35,7 +37,10 @@ go build -o "$tmp/ark" ./cmd/ark
 go build -o "$tmp/hubsim" ./hack/hubsim
 od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$tmp/token"
 port=$((20000 + RANDOM % 10000))
-"$tmp/ark" hub --web.listen-address "127.0.0.1:$port" --token-file "$tmp/token" --log.level info 2>"$tmp/hub.log" &
+# As deployed: a 512Mi container with the Go runtime's soft limit at 90% of
+# it (HUB_MEMORY_LIMIT bytes; 0 turns it off).
+mem_limit=${HUB_MEMORY_LIMIT:-$((460 << 20))}
+"$tmp/ark" hub --web.listen-address "127.0.0.1:$port" --token-file "$tmp/token" --log.level info --memory-limit "$mem_limit" ${HUB_FLAGS:-} 2>"$tmp/hub.log" &
 hub=$!
 
 hub_died() {
@@ -50,20 +55,50 @@ for _ in $(seq 100); do
 done
 curl -sf "127.0.0.1:$port/readyz" >/dev/null || { echo "bench-hub: the hub is not ready after 10s" >&2; exit 1; }
 
-echo "hub: pid $hub on 127.0.0.1:$port; hubsim -agents $agents -steady ${secs}s ${HUBSIM_FLAGS:-}"
+echo "hub: pid $hub on 127.0.0.1:$port, --memory-limit $mem_limit; hubsim -agents $agents -steady ${secs}s ${HUBSIM_FLAGS:-}"
 # shellcheck disable=SC2086 # HUBSIM_FLAGS is a list of flags
 "$tmp/hubsim" -hub "http://127.0.0.1:$port" -token-file "$tmp/token" -hub-pid "$hub" \
 	-agents "$agents" -steady "${secs}s" ${HUBSIM_FLAGS:-} >"$tmp/report" &
 sim=$!
 # Fail fast when the hub dies under the load.
+waited=0
 while kill -0 "$sim" 2>/dev/null; do
 	kill -0 "$hub" 2>/dev/null || hub_died
 	sleep 1
+	waited=$((waited + 1))
+	# An operator's client in its own process (curl), asking why during
+	# the steady phase: the latency a user sees, apart from the
+	# simulator's own scheduling.
+	if [[ $waited == 14 ]]; then
+		(
+			end=$((SECONDS + secs - 4))
+			while ((SECONDS < end)); do
+				curl -s -o /dev/null -w '%{time_total}\n' "127.0.0.1:$port/api/v1/why?job_id=train%2Fjob-0" >>"$tmp/curl-why" || true
+				sleep 0.05
+			done
+		) &
+	fi
+	# Connecting takes about 10 s; then the steady phase runs $secs.
+	if [[ -n ${PROFILE_DIR:-} && $waited == $((15 + secs / 2)) ]]; then
+		mkdir -p "$PROFILE_DIR"
+		curl -sf "127.0.0.1:$port/debug/pprof/heap" -o "$PROFILE_DIR/heap.pb.gz" || true
+		curl -sf "127.0.0.1:$port/debug/pprof/goroutine" -o "$PROFILE_DIR/goroutine.pb.gz" || true
+		curl -sf "127.0.0.1:$port/debug/pprof/profile?seconds=5" -o "$PROFILE_DIR/cpu.pb.gz" || true
+		curl -sf "127.0.0.1:$port/debug/pprof/trace?seconds=5" -o "$PROFILE_DIR/trace.out" || true
+		curl -sf "127.0.0.1:$port/metrics" -o "$PROFILE_DIR/metrics.txt" || true
+		cp "$tmp/ark" "$PROFILE_DIR/ark"
+	fi
 done
 rc=0
 wait "$sim" || rc=$?
 sim=
 cat "$tmp/report"
+if [[ -s $tmp/curl-why ]]; then
+	sort -n "$tmp/curl-why" | awk '{v[NR]=$1} END {
+		i = int(NR*0.99)+1; if (i > NR) i = NR
+		printf "steady: why job_id=train/job-0 from a separate client (curl): p50 %.2f ms, p99 %.2f ms, max %.2f ms over %d queries (target p99 <= 5 ms: %s)\n",
+			v[int(NR*0.5)+1]*1000, v[i]*1000, v[NR]*1000, NR, (v[i] <= 0.005 ? "met" : "MISSED") }'
+fi
 kill -0 "$hub" 2>/dev/null || hub_died
 echo "folding ratio (events in per event forwarded): measured by the forwarder's benchmark," \
 	"go test -run '^\$' -bench BenchmarkFoldSteadyLoad ./exporter/forwarder/ (metric in/forwarded)"

@@ -25,6 +25,11 @@ type session struct {
 	node string
 	seen atomic.Int64  // unix ns of the last frame or ping
 	done chan struct{} // closed when the session has ended
+	// ctx is the session's own, cancelled when the server's ends: reads
+	// and writes derive per-call contexts from it, which on the server's
+	// context would make 10,000 links queue on its one mutex.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu      sync.Mutex
 	ended   bool
@@ -60,6 +65,7 @@ func (ss *session) stopSync(code websocket.StatusCode, reason string) {
 func (ss *session) run(identity, remote string) {
 	s := ss.s
 	defer close(ss.done)
+	defer ss.cancel()
 	defer func() { _ = ss.ws.CloseNow() }()
 	defer func() {
 		ss.mu.Lock()
@@ -72,7 +78,7 @@ func (ss *session) run(identity, remote string) {
 		s.m.rejected.WithLabelValues("no_hello").Inc()
 		ss.stop(websocket.StatusPolicyViolation, fmt.Sprintf("no hello within %s", s.opts.HelloTimeout))
 	})
-	_, b, err := ss.ws.Read(s.ctx)
+	_, b, err := ss.ws.Read(ss.ctx)
 	hello.Stop()
 	if err != nil {
 		ss.rejectRead(err)
@@ -109,7 +115,7 @@ func (ss *session) run(identity, remote string) {
 		}
 		log.Info("agent disconnected")
 	}()
-	if err := ss.write(s.ctx, &link.Frame{Type: link.TypeWelcome, V: link.Version}); err != nil {
+	if err := ss.write(ss.ctx, &link.Frame{Type: link.TypeWelcome, V: link.Version}); err != nil {
 		log.Warn("could not welcome an agent", "err", err)
 		return
 	}
@@ -121,50 +127,75 @@ func (ss *session) run(identity, remote string) {
 	idle := ss.watchIdle()
 	defer idle.Stop()
 	for {
-		_, b, err := ss.ws.Read(s.ctx)
+		_, b, err := ss.ws.Read(ss.ctx)
 		if err != nil {
 			ss.rejectRead(err)
 			log.Debug("agent link closed", "err", err)
 			return
 		}
 		ss.touch()
-		f, err := link.Decode(b)
-		if err != nil {
-			ss.reject(decodeReason(err), err.Error())
+		// Decoding and applying run on the server's few workers: this
+		// goroutine, one of thousands, only waits on the socket and keeps
+		// a small stack.
+		var v verdict
+		if !s.offload(func() { v = ss.handleFrame(b, log) }) {
 			return
 		}
-		switch f.Type {
-		case link.TypeSnapshot, link.TypeEvents:
-			for i := range f.Events {
-				f.Events[i].NodeID = ss.node
-			}
-			s.m.received.Add(float64(len(f.Events)))
-			if len(f.Events) > 0 {
-				s.opts.OnEvents(ss.node, f.Events)
-			}
-			if f.Type == link.TypeSnapshot {
-				if f.Done {
-					log.Debug("agent snapshot received")
-				}
-				continue
-			}
-			if err := ss.write(s.ctx, &link.Frame{Type: link.TypeAck, Seq: f.Seq}); err != nil {
+		switch {
+		case v.rejectReason != "":
+			ss.reject(v.rejectReason, v.rejectMsg)
+			return
+		case v.ack:
+			if err := ss.write(ss.ctx, &link.Frame{Type: link.TypeAck, Seq: v.seq}); err != nil {
 				// An agent that went away mid-batch is not the hub's
 				// problem; it resends what was not acknowledged.
 				lvl := slog.LevelWarn
 				if errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF) {
 					lvl = slog.LevelDebug
 				}
-				log.Log(s.ctx, lvl, "could not acknowledge an agent's events", "err", err)
+				log.Log(ss.ctx, lvl, "could not acknowledge an agent's events", "err", err)
 				return
 			}
-		case link.TypeResult:
-			ss.deliver(*f.Result)
-		default:
-			ss.reject("unexpected", fmt.Sprintf("unexpected %s frame from an agent", f.Type))
-			return
 		}
 	}
+}
+
+// verdict is what the read loop does after a frame was handled.
+type verdict struct {
+	ack                     bool
+	seq                     uint64
+	rejectReason, rejectMsg string
+}
+
+// handleFrame decodes and applies one frame; it runs on a worker and never
+// blocks on the agent.
+func (ss *session) handleFrame(b []byte, log *slog.Logger) verdict {
+	s := ss.s
+	f, err := link.Decode(b)
+	if err != nil {
+		return verdict{rejectReason: decodeReason(err), rejectMsg: err.Error()}
+	}
+	switch f.Type {
+	case link.TypeSnapshot, link.TypeEvents:
+		for i := range f.Events {
+			f.Events[i].NodeID = ss.node
+		}
+		s.m.received.Add(float64(len(f.Events)))
+		if len(f.Events) > 0 {
+			s.opts.OnEvents(ss.node, f.Events)
+		}
+		if f.Type == link.TypeSnapshot {
+			if f.Done {
+				log.Debug("agent snapshot received")
+			}
+			return verdict{}
+		}
+		return verdict{ack: true, seq: f.Seq}
+	case link.TypeResult:
+		ss.deliver(*f.Result)
+		return verdict{}
+	}
+	return verdict{rejectReason: "unexpected", rejectMsg: fmt.Sprintf("unexpected %s frame from an agent", f.Type)}
 }
 
 // watchIdle closes the link when nothing, not even a ping, arrived for

@@ -28,6 +28,9 @@ import (
 // FlushEvery).
 const tickEvery = 250 * time.Millisecond
 
+// driveSlices spreads the hosts' ticks over the tick period.
+const driveSlices = 10
+
 // sim is one simulation run.
 type sim struct {
 	cfg        config
@@ -271,7 +274,9 @@ func (s *sim) waitApplied(ctx context.Context, before map[string]float64, want f
 // drive is every host's folder: each tick it queues what each host
 // forwards, and injects the faults.
 func (s *sim) drive(ctx context.Context, rep *report) {
-	t := time.NewTicker(tickEvery)
+	// Real agents flush on their own clocks, not in phase: each host ticks
+	// every tickEvery, the hosts spread over driveSlices slices of it.
+	t := time.NewTicker(tickEvery / driveSlices)
 	defer t.Stop()
 	rng := rand.New(rand.NewPCG(s.cfg.Seed, 7))
 	queue := func(h *host, evs []event.Event) {
@@ -289,7 +294,7 @@ func (s *sim) drive(ctx context.Context, rep *report) {
 	s.log.Info("the why job's fault", "job", j.id, "gpu", rep.WhyExpected, "xid", 79)
 	nextFault := now + s.cfg.FaultEvery.Milliseconds()
 	var buf []event.Event
-	for {
+	for slice := 0; ; slice = (slice + 1) % driveSlices {
 		select {
 		case <-ctx.Done():
 			return
@@ -303,7 +308,8 @@ func (s *sim) drive(ctx context.Context, rep *report) {
 			fault(h, g, xids[rng.IntN(len(xids))], now, s.cfg.FaultHold.Milliseconds(), queue)
 			s.faults.Add(1)
 		}
-		for _, h := range s.c.hosts {
+		for i := slice; i < len(s.c.hosts); i += driveSlices {
+			h := s.c.hosts[i]
 			buf = h.tick(now, buf[:0])
 			queue(h, buf)
 		}
