@@ -359,7 +359,7 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := brw.Writer.Flush(); err != nil {
+	if err := brw.Flush(); err != nil {
 		_ = conn.Close()
 		return nil, nil, err
 	}
@@ -369,7 +369,7 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if n > 0 {
 		// Bytes the agent sent after its request: keep them, in the
 		// buffer, where the library looks for them.
-		left, _ := brw.Reader.Peek(n)
+		left, _ := brw.Peek(n)
 		r = io.MultiReader(bytes.NewReader(bytes.Clone(left)), conn)
 		size = max(size, n)
 	}
