@@ -1,6 +1,7 @@
 package agents
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -127,7 +128,7 @@ func (ss *session) run(identity, remote string) {
 	idle := ss.watchIdle()
 	defer idle.Stop()
 	for {
-		_, b, err := ss.ws.Read(ss.ctx)
+		buf, err := ss.readFrame()
 		if err != nil {
 			ss.rejectRead(err)
 			log.Debug("agent link closed", "err", err)
@@ -138,7 +139,9 @@ func (ss *session) run(identity, remote string) {
 		// goroutine, one of thousands, only waits on the socket and keeps
 		// a small stack.
 		var v verdict
-		if !s.offload(func() { v = ss.handleFrame(b, log) }) {
+		ok := s.offload(func() { v = ss.handleFrame(buf.Bytes(), log) })
+		putFrameBuffer(buf)
+		if !ok {
 			return
 		}
 		switch {
@@ -160,6 +163,39 @@ func (ss *session) run(identity, remote string) {
 	}
 }
 
+// Frames and their buffers are reused: at 10,000 links, reading each
+// frame into a new buffer and decoding it into a new slice was most of
+// what the hub allocated, and so most of its GC work.
+var (
+	bufferPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+	framePool  = sync.Pool{New: func() any { return new(link.Frame) }}
+)
+
+// maxPooledBuffer keeps a rare huge frame's buffer out of the pool.
+const maxPooledBuffer = 1 << 20
+
+func putFrameBuffer(b *bytes.Buffer) {
+	if b.Cap() <= maxPooledBuffer {
+		bufferPool.Put(b)
+	}
+}
+
+// readFrame reads the next data message into a pooled buffer; the caller
+// returns it with putFrameBuffer.
+func (ss *session) readFrame() (*bytes.Buffer, error) {
+	_, r, err := ss.ws.Reader(ss.ctx)
+	if err != nil {
+		return nil, err
+	}
+	buf := bufferPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	if _, err := buf.ReadFrom(r); err != nil {
+		putFrameBuffer(buf)
+		return nil, err
+	}
+	return buf, nil
+}
+
 // verdict is what the read loop does after a frame was handled.
 type verdict struct {
 	ack                     bool
@@ -171,7 +207,14 @@ type verdict struct {
 // blocks on the agent.
 func (ss *session) handleFrame(b []byte, log *slog.Logger) verdict {
 	s := ss.s
-	f, err := link.Decode(b)
+	f := framePool.Get().(*link.Frame)
+	defer func() {
+		// Drop what the frame refers to before it waits in the pool.
+		clear(f.Events)
+		*f = link.Frame{Events: f.Events[:0]}
+		framePool.Put(f)
+	}()
+	err := link.DecodeInto(b, f)
 	if err != nil {
 		return verdict{rejectReason: decodeReason(err), rejectMsg: err.Error()}
 	}
