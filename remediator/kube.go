@@ -115,6 +115,22 @@ func remediatedAt(n *corev1.Node) (time.Time, bool) {
 	return t, err == nil
 }
 
+// taintValue returns the value of Ark's taint on n.
+func taintValue(n *corev1.Node) (string, bool) {
+	for _, t := range n.Spec.Taints {
+		if t.Key == TaintKey {
+			return t.Value, true
+		}
+	}
+	return "", false
+}
+
+// transient reports whether an API error is worth retrying at once.
+func transient(err error) bool {
+	return apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) || apierrors.IsTooManyRequests(err) ||
+		apierrors.IsServiceUnavailable(err) || apierrors.IsInternalError(err) || apierrors.IsUnexpectedServerError(err)
+}
+
 // hasTaint reports whether n carries Ark's taint.
 func hasTaint(n *corev1.Node) bool {
 	for _, t := range n.Spec.Taints {
@@ -150,19 +166,42 @@ func (k *Kube) Taint(ctx context.Context, node string, class Class) error {
 	return k.updateNode(ctx, node, func(n *corev1.Node) bool { return setTaint(n, class) })
 }
 
-// Untaint removes Ark's taint.
+// Untaint removes Ark's taint and its cooldown annotations.
 func (k *Kube) Untaint(ctx context.Context, node string) error {
-	return k.updateNode(ctx, node, func(n *corev1.Node) bool {
-		out := n.Spec.Taints[:0]
+	return retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		n, err := k.c.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		out := []corev1.Taint{}
 		for _, t := range n.Spec.Taints {
 			if t.Key != TaintKey {
 				out = append(out, t)
 			}
 		}
-		changed := len(out) != len(n.Spec.Taints)
-		n.Spec.Taints = out
-		return changed
+		// null deletes a key in a JSON merge patch.
+		body := map[string]any{
+			"metadata": map[string]any{"resourceVersion": n.ResourceVersion, "annotations": map[string]any{
+				AnnotationRemediatedAt: nil, AnnotationClass: nil, AnnotationAlert: nil}},
+			"spec": map[string]any{"taints": out},
+		}
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		_, err = k.c.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, b, metav1.PatchOptions{})
+		return err
 	})
+}
+
+// hasCondition reports whether n carries Ark's condition.
+func hasCondition(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == ConditionType {
+			return true
+		}
+	}
+	return false
 }
 
 func (k *Kube) updateNode(ctx context.Context, node string, mutate func(*corev1.Node) bool) error {
@@ -293,18 +332,25 @@ type Count struct {
 	Nodes, Tainted int
 	// Recent is how many nodes Ark acted on in the last hour.
 	Recent int
+	// Self is the node asked about, as the fresh list shows it.
+	Self *corev1.Node
 }
 
 // CountNodes counts the cluster's nodes, those carrying Ark's taint and
-// those Ark acted on since `since`.
-func (k *Kube) CountNodes(ctx context.Context, since time.Time) (Count, error) {
+// those Ark acted on since `since`, and returns node self among them.
+func (k *Kube) CountNodes(ctx context.Context, self string, since time.Time) (Count, error) {
 	var c Count
-	list, err := k.c.CoreV1().Nodes().List(ctx, metav1.ListOptions{ResourceVersion: "0"})
+	// A quorum read: the cache behind ResourceVersion "0" may not show the
+	// taint written a moment ago, and the breaker would let one too many by.
+	list, err := k.c.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return c, fmt.Errorf("listing nodes: %w", err)
 	}
 	for i := range list.Items {
 		countNode(&c, &list.Items[i], since)
+		if list.Items[i].Name == self {
+			c.Self = &list.Items[i]
+		}
 	}
 	return c, nil
 }
@@ -321,7 +367,7 @@ func countNode(c *Count, n *corev1.Node, since time.Time) {
 
 // NodeExists reports whether the node is known to the API server.
 func (k *Kube) NodeExists(ctx context.Context, node string) (bool, error) {
-	_, err := k.c.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{ResourceVersion: "0"})
+	_, err := k.c.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 	switch {
 	case err == nil:
 		return true, nil

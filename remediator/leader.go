@@ -2,6 +2,8 @@ package remediator
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"sync/atomic"
 	"time"
@@ -20,6 +22,29 @@ type Election struct {
 	// LeaseDuration, RenewDeadline, RetryPeriod: client-go's (defaults
 	// 15s, 10s, 2s).
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
+}
+
+// Validate reports settings client-go's elector would panic on.
+func (e *Election) Validate() error {
+	if e.LeaseDuration == 0 {
+		e.LeaseDuration = 15 * time.Second
+	}
+	if e.RenewDeadline == 0 {
+		e.RenewDeadline = 10 * time.Second
+	}
+	if e.RetryPeriod == 0 {
+		e.RetryPeriod = 2 * time.Second
+	}
+	switch {
+	case e.Namespace == "" || e.Name == "" || e.Identity == "":
+		return errors.New("leader election: namespace, lease name and identity are required")
+	case e.LeaseDuration <= e.RenewDeadline:
+		return fmt.Errorf("leader election: lease duration %s must be longer than the renew deadline %s", e.LeaseDuration, e.RenewDeadline)
+	case float64(e.RenewDeadline) <= leaderelection.JitterFactor*float64(e.RetryPeriod):
+		return fmt.Errorf("leader election: renew deadline %s must be longer than %.1f × the retry period %s",
+			e.RenewDeadline, leaderelection.JitterFactor, e.RetryPeriod)
+	}
+	return nil
 }
 
 // Leader runs leader election until ctx ends.
@@ -63,9 +88,13 @@ func (l *Leader) Run(ctx context.Context, c kubernetes.Interface, e Election, m 
 			ReleaseOnCancel: true,
 			Name:            e.Name,
 			Callbacks: leaderelection.LeaderCallbacks{
-				OnStartedLeading: func(context.Context) {
+				OnStartedLeading: func(lctx context.Context) {
+					// client-go runs this on a goroutine of its own, which may
+					// start after OnStoppedLeading: leading ends with lctx.
 					log.Info("leading remediation", "lease", e.Namespace+"/"+e.Name, "identity", e.Identity)
 					set(true)
+					<-lctx.Done()
+					set(false)
 				},
 				OnStoppedLeading: func() {
 					log.Info("stopped leading remediation", "lease", e.Namespace+"/"+e.Name, "identity", e.Identity)

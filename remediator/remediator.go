@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/ark-gpu/ark/exporter/audit"
 	"github.com/ark-gpu/ark/link"
@@ -89,8 +91,11 @@ type Options struct {
 	QueueSize int   // alerts waiting for a worker (default 4096)
 	MaxBody   int64 // webhook body limit in bytes (default 4 MiB)
 	AgentWait time.Duration
-	Now       func() time.Time
-	User      string // the audit log's user (default "ark-remediator")
+	// ShutdownGrace is how long running remediations may go on after Run's
+	// context ends (default 30s).
+	ShutdownGrace time.Duration
+	Now           func() time.Time
+	User          string // the audit log's user (default "ark-remediator")
 }
 
 // Remediator handles Alertmanager webhooks and runs remediations.
@@ -106,9 +111,10 @@ type Remediator struct {
 	dryMu     sync.Mutex
 	dryRun    map[string]time.Time // dry-run cooldown, which must not write annotations
 
-	closed  atomic.Bool
-	wg      sync.WaitGroup
-	stopRec func()
+	closed   atomic.Bool
+	acceptMu sync.RWMutex // orders enqueues before the close of the queue
+	wg       sync.WaitGroup
+	stopRec  func()
 }
 
 // job is one alert accepted by the webhook.
@@ -159,6 +165,9 @@ func New(o Options) (*Remediator, error) {
 	if o.AgentWait <= 0 {
 		o.AgentWait = DefaultAgentWait
 	}
+	if o.ShutdownGrace <= 0 {
+		o.ShutdownGrace = 30 * time.Second
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -174,50 +183,95 @@ func New(o Options) (*Remediator, error) {
 	return r, nil
 }
 
-// Run works the queue until ctx ends, then waits for running
-// remediations to finish their current step.
+// Run works the queue until ctx ends. Then the webhook answers 503 (so
+// Alertmanager re-sends to the next leader), the alerts already accepted
+// are still worked, and running remediations get ShutdownGrace to finish
+// their steps before their context is cancelled.
 func (r *Remediator) Run(ctx context.Context) error {
+	work, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := make(chan struct{})
 	for range r.o.Workers {
 		r.wg.Go(func() {
 			for {
 				select {
-				case <-ctx.Done():
-					return
 				case j := <-r.queue:
 					r.m.queued.Dec()
-					r.handle(ctx, j)
+					r.handle(work, j)
+				case <-stop:
+					// Drain: what was answered "queued" is worked.
+					for {
+						select {
+						case j := <-r.queue:
+							r.m.queued.Dec()
+							r.handle(work, j)
+						default:
+							return
+						}
+					}
 				}
 			}
 		})
 	}
 	<-ctx.Done()
+	r.acceptMu.Lock() // no webhook is between its closed check and its enqueue
 	r.closed.Store(true)
-	r.wg.Wait()
+	r.acceptMu.Unlock()
+	close(stop)
+	done := make(chan struct{})
+	go func() { r.wg.Wait(); close(done) }()
+	t := time.NewTimer(r.o.ShutdownGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		r.log.Warn("remediations still running at shutdown; cancelling them", "grace", r.o.ShutdownGrace)
+		cancel()
+		<-done
+	}
 	if r.stopRec != nil {
 		r.stopRec()
 	}
 	return nil
 }
 
-// enqueue hands a job to the workers; false when the queue is full.
-func (r *Remediator) enqueue(j job) bool {
+// enqueue hands a job to the workers; false when the queue is full or the
+// remediator is stopping.
+func (r *Remediator) enqueue(j job) (ok, closed bool) {
+	r.acceptMu.RLock()
+	defer r.acceptMu.RUnlock()
+	if r.closed.Load() {
+		return false, true
+	}
 	select {
 	case r.queue <- j:
 		r.m.queued.Inc()
-		return true
+		return true, false
 	default:
-		return false
+		return false, false
 	}
 }
 
-func (r *Remediator) lockNode(node string) func() {
+// tryLockNode takes the node's lock unless a remediation of the node is
+// running: the alerts a job-wide stall sends for dozens of nodes, all
+// pointing at one root node, must not park every worker behind it.
+func (r *Remediator) tryLockNode(node string) (unlock func(), ok bool) {
 	v, _ := r.nodeLocks.LoadOrStore(node, &sync.Mutex{})
 	mu := v.(*sync.Mutex)
-	mu.Lock()
-	return mu.Unlock
+	if !mu.TryLock() {
+		return nil, false
+	}
+	return mu.Unlock, true
 }
 
 func (r *Remediator) handle(ctx context.Context, j job) {
+	if r.o.IsLeader != nil && !r.o.IsLeader() {
+		// Leadership moved while the alert waited: the new leader gets it
+		// from Alertmanager's re-send.
+		r.m.alerts.WithLabelValues(j.status, "not_leader").Inc()
+		r.log.Warn("dropping a queued alert: no longer the remediation leader", "alertname", j.alertname, "node", j.node)
+		return
+	}
 	if j.status == "resolved" {
 		r.resolve(ctx, j)
 		return
@@ -280,7 +334,12 @@ func (r *Remediator) remediate(ctx context.Context, j job) {
 			}
 		}
 	}
-	unlock := r.lockNode(s.node)
+	unlock, ok := r.tryLockNode(s.node)
+	if !ok {
+		r.m.alerts.WithLabelValues("firing", "in_progress").Inc()
+		r.audit(ctx, s, "in_progress", audit.Success, 0, "", "nothing done: a remediation of "+s.node+" is running")
+		return
+	}
 	defer unlock()
 
 	cp := r.o.Policy.Classes[s.class]
@@ -295,12 +354,18 @@ func (r *Remediator) remediate(ctx context.Context, j job) {
 		r.m.taintLatency.Observe(r.o.Now().Sub(j.received).Seconds())
 		steps = steps[1:]
 	}
-	for _, st := range steps {
+	for i, st := range steps {
 		if ctx.Err() != nil {
-			r.audit(ctx, s, string(st.Type), audit.Failure, 0, "", "not run: the hub is shutting down")
+			r.notRun(ctx, s, steps[i:], "the hub is shutting down")
 			return
 		}
-		r.runStep(ctx, s, st)
+		if !r.runStep(ctx, s, st) && st.Type == StepTaint {
+			// Evicting from a node that is not tainted would put the pods
+			// straight back on it.
+			r.notRun(ctx, s, steps[i+1:], "the taint failed")
+			r.m.alerts.WithLabelValues("firing", "failed").Inc()
+			return
+		}
 	}
 	r.m.alerts.WithLabelValues("firing", "remediated").Inc()
 }
@@ -330,8 +395,16 @@ func (r *Remediator) claim(ctx context.Context, s *step, taint bool) bool {
 		r.inCooldown(ctx, *s, last)
 		return false
 	}
+	if v, tainted := taintValue(n); tainted && v == string(s.class) && !r.o.DryRun {
+		// Alertmanager re-sends a firing alert every repeat_interval: a
+		// node already quarantined for this class gets nothing new.
+		r.m.alerts.WithLabelValues("firing", "already_quarantined").Inc()
+		r.audit(ctx, *s, "already_quarantined", audit.Success, 0, "",
+			fmt.Sprintf("nothing done: %s already carries %s=%s", s.node, TaintKey, s.class))
+		return false
+	}
 	br := r.o.Policy.CircuitBreaker
-	if br.MaxTaintedRatio < 1 || *br.MaxNodesPerHour > 0 {
+	if r.o.Policy.HasTaintStep(s.class) && (br.MaxTaintedRatio < 1 || *br.MaxNodesPerHour > 0) {
 		// Checks and claims are one at a time, so two nodes cannot both
 		// pass a breaker that has room for one.
 		r.breaker.Lock()
@@ -348,7 +421,11 @@ func (r *Remediator) claim(ctx context.Context, s *step, taint bool) bool {
 		r.dryMu.Unlock()
 		return true
 	}
-	last, err = r.kube.Claim(ctx, s.node, s.class, s.j.alertname+"/"+s.j.fingerprint, cooldown, now, taint)
+	err = retry.OnError(retry.DefaultBackoff, transient, func() error {
+		var err error
+		last, err = r.kube.Claim(ctx, s.node, s.class, s.j.alertname+"/"+s.j.fingerprint, cooldown, now, taint)
+		return err
+	})
 	switch {
 	case errors.Is(err, ErrCooldown):
 		// Another replica claimed it between the read and the write.
@@ -378,9 +455,14 @@ func (r *Remediator) inCooldown(ctx context.Context, s step, last time.Time) {
 // carries Ark's taint adds nothing to the tainted share.
 func (r *Remediator) checkBreaker(ctx context.Context, n *corev1.Node, now time.Time) error {
 	br := r.o.Policy.CircuitBreaker
-	c, err := r.kube.CountNodes(ctx, now.Add(-time.Hour))
+	c, err := r.kube.CountNodes(ctx, n.Name, now.Add(-time.Hour))
 	if err != nil {
 		return fmt.Errorf("circuit breaker: cannot count nodes, refusing to act: %w", err)
+	}
+	if c.Self != nil {
+		// Fresher than the node read before: another replica may have
+		// claimed it since, and the claim will then find the cooldown.
+		n = c.Self
 	}
 	r.dryMu.Lock()
 	for node, t := range r.dryRun {
@@ -394,9 +476,15 @@ func (r *Remediator) checkBreaker(ctx context.Context, n *corev1.Node, now time.
 	if hasTaint(n) {
 		adds = 0
 	}
-	if br.MaxTaintedRatio < 1 && c.Nodes > 0 && float64(c.Tainted+adds)/float64(c.Nodes) > br.MaxTaintedRatio {
-		return fmt.Errorf("circuit breaker open: %d of %d nodes already carry %s and tainting %s would pass max_tainted_ratio %.2f",
-			c.Tainted, c.Nodes, TaintKey, n.Name, br.MaxTaintedRatio)
+	// At least one node may always be tainted: a small cluster with one
+	// dead GPU must not be refused by a share meant for large ones.
+	allowed := max(1, int(math.Floor(br.MaxTaintedRatio*float64(c.Nodes))))
+	if br.MaxTaintedRatio < 1 && c.Tainted+adds > allowed {
+		return fmt.Errorf("circuit breaker open: %d of %d nodes already carry %s and tainting %s would pass max_tainted_ratio %.2f (%d nodes)",
+			c.Tainted, c.Nodes, TaintKey, n.Name, br.MaxTaintedRatio, allowed)
+	}
+	if t, ok := remediatedAt(n); ok && now.Sub(t) < time.Hour {
+		return nil // already counted in the last hour: not a new node
 	}
 	if m := *br.MaxNodesPerHour; m > 0 && c.Recent >= m {
 		return fmt.Errorf("circuit breaker open: %d nodes remediated in the last hour, max_nodes_per_hour is %d; %s left alone",
@@ -405,26 +493,27 @@ func (r *Remediator) checkBreaker(ctx context.Context, n *corev1.Node, now time.
 	return nil
 }
 
-func (r *Remediator) runStep(ctx context.Context, s step, st Step) {
+// runStep runs one step and reports whether it succeeded.
+func (r *Remediator) runStep(ctx context.Context, s step, st Step) bool {
 	switch st.Type {
 	case StepTaint:
 		if r.o.DryRun {
 			r.audit(ctx, s, string(st.Type), audit.DryRun, 0, "", fmt.Sprintf("would taint %s=%s:NoSchedule", TaintKey, s.class))
-			return
+			return true
 		}
 		if err := r.kube.Taint(ctx, s.node, s.class); err != nil {
 			r.audit(ctx, s, string(st.Type), audit.Failure, 0, "", err.Error())
-			return
+			return false
 		}
 		r.audit(ctx, s, string(st.Type), audit.Success, 0, "", fmt.Sprintf("taint %s=%s:NoSchedule", TaintKey, s.class))
 	case StepCondition:
 		if r.o.DryRun {
 			r.audit(ctx, s, string(st.Type), audit.DryRun, 0, "", "would set "+string(ConditionType)+"=True")
-			return
+			return true
 		}
 		if err := r.kube.SetCondition(ctx, s.node, corev1.ConditionTrue, string(s.class), r.message(s)); err != nil {
 			r.audit(ctx, s, string(st.Type), audit.Failure, 0, "", err.Error())
-			return
+			return false
 		}
 		r.audit(ctx, s, string(st.Type), audit.Success, 0, "", string(ConditionType)+"=True")
 	case StepEvent:
@@ -432,8 +521,10 @@ func (r *Remediator) runStep(ctx context.Context, s step, st Step) {
 		if r.o.DryRun {
 			msg = "dry run, nothing changed: " + msg
 		}
+		// The recorder sends in the background and retries; a send it
+		// gives up on is logged by client-go.
 		r.o.Recorder.Event(nodeRef(s.node), corev1.EventTypeWarning, string(ConditionType), msg)
-		r.audit(ctx, s, string(st.Type), audit.Success, 0, "", msg)
+		r.audit(ctx, s, string(st.Type), audit.Success, 0, "", "Event recorded: "+msg)
 	case StepAgentAction:
 		r.agentAction(ctx, s, st)
 	case StepWait:
@@ -441,10 +532,21 @@ func (r *Remediator) runStep(ctx context.Context, s step, st Step) {
 		defer t.Stop()
 		select {
 		case <-ctx.Done():
+			r.audit(ctx, s, string(st.Type), audit.Failure, 0, "", "wait cut short: "+ctx.Err().Error())
+			return false
 		case <-t.C:
 		}
+		r.audit(ctx, s, string(st.Type), audit.Success, 0, "", "waited "+st.Duration.String())
 	case StepEvict:
 		r.evict(ctx, s)
+	}
+	return true
+}
+
+// notRun audits the steps a remediation did not get to.
+func (r *Remediator) notRun(ctx context.Context, s step, steps []Step, why string) {
+	for _, st := range steps {
+		r.audit(ctx, s, string(st.Type), audit.Failure, 0, "", "not run: "+why)
 	}
 }
 
@@ -564,28 +666,49 @@ func podNames(pods []corev1.Pod) string {
 func (r *Remediator) resolve(ctx context.Context, j job) {
 	s := step{j: j, node: j.node, class: j.class}
 	cp := r.o.Policy.Classes[j.class]
-	unlock := r.lockNode(j.node)
+	unlock, ok := r.tryLockNode(j.node)
+	if !ok {
+		r.m.alerts.WithLabelValues("resolved", "in_progress").Inc()
+		r.audit(ctx, s, "in_progress", audit.Success, 0, "", "resolved alert ignored: a remediation of "+j.node+" is running")
+		return
+	}
 	defer unlock()
 	if cp.OnResolved != Untaint {
 		r.m.alerts.WithLabelValues("resolved", "kept").Inc()
 		r.audit(ctx, s, "resolved", audit.Success, 0, "", "alert resolved; taint and condition kept (on_resolved: keep): a human clears hardware faults")
 		return
 	}
+	n, err := r.o.Client.CoreV1().Nodes().Get(ctx, j.node, metav1.GetOptions{})
+	if err != nil {
+		r.audit(ctx, s, "untaint", audit.Failure, 0, "", "reading the node: "+err.Error())
+		return
+	}
+	if v, ok := taintValue(n); !ok || v != string(j.class) {
+		// Another class's fault (or none) holds the node: this alert's
+		// resolution clears nothing.
+		r.m.alerts.WithLabelValues("resolved", "kept").Inc()
+		r.audit(ctx, s, "resolved", audit.Success, 0, "", fmt.Sprintf("alert resolved; %s carries no %s=%s taint to remove", j.node, TaintKey, j.class))
+		return
+	}
 	if r.o.DryRun {
 		r.audit(ctx, s, "untaint", audit.DryRun, 0, "", "would remove "+TaintKey+" and set "+string(ConditionType)+"=False")
 		return
 	}
+	// The cooldown goes with the taint: if the fault comes back, the node
+	// is quarantined again at once.
 	if err := r.kube.Untaint(ctx, j.node); err != nil {
 		r.audit(ctx, s, "untaint", audit.Failure, 0, "", err.Error())
 		return
 	}
-	if err := r.kube.SetCondition(ctx, j.node, corev1.ConditionFalse, "AlertResolved", j.alertname+" resolved"); err != nil {
-		r.audit(ctx, s, "untaint", audit.PartialFailure, 0, "", "taint removed; setting the condition: "+err.Error())
-		return
+	if hasCondition(n) {
+		if err := r.kube.SetCondition(ctx, j.node, corev1.ConditionFalse, "AlertResolved", j.alertname+" resolved"); err != nil {
+			r.audit(ctx, s, "untaint", audit.PartialFailure, 0, "", "taint removed; setting the condition: "+err.Error())
+			return
+		}
 	}
 	r.m.alerts.WithLabelValues("resolved", "untainted").Inc()
 	r.o.Recorder.Event(nodeRef(j.node), corev1.EventTypeNormal, string(ConditionType)+"Cleared", j.alertname+" resolved; taint removed")
-	r.audit(ctx, s, "untaint", audit.Success, 0, "", "taint removed, "+string(ConditionType)+"=False")
+	r.audit(ctx, s, "untaint", audit.Success, 0, "", "taint and cooldown removed, "+string(ConditionType)+"=False")
 }
 
 func nodeRef(node string) *corev1.ObjectReference {

@@ -124,7 +124,7 @@ func (r *Remediator) serve(w http.ResponseWriter, req *http.Request) (int, Webho
 		resp.Error = "some alerts were rejected: see results"
 	}
 	if code == http.StatusServiceUnavailable {
-		resp.Error = "remediation queue full; retry"
+		resp.Error = "some alerts could not be accepted now (see results); retry"
 	}
 	return code, resp
 }
@@ -166,7 +166,13 @@ func (r *Remediator) accept(ctx context.Context, i int, a template.Alert, now ti
 	exists, err := r.kube.NodeExists(ctx, node)
 	switch {
 	case err != nil:
-		return rejected("checking node %q: %v", node, err)
+		// The API server could not say: Alertmanager must retry (5xx),
+		// not drop the alert (4xx).
+		res.Outcome, res.Error = "busy", fmt.Sprintf("alerts[%d]: checking node %q: %v", i, node, err)
+		return res
+	case !exists && a.Status == "resolved":
+		res.Outcome = "ignored" // nothing left to clear
+		return res
 	case !exists:
 		return rejected("unknown node %q: no such Kubernetes node", node)
 	}
@@ -175,9 +181,12 @@ func (r *Remediator) accept(ctx context.Context, i int, a template.Alert, now ti
 		fp = fingerprint(a.Labels)
 		res.Fingerprint = fp
 	}
-	if !r.enqueue(job{status: a.Status, alertname: res.Alertname, fingerprint: fp, class: class, node: node,
-		labels: a.Labels, received: now}) {
+	if ok, closed := r.enqueue(job{status: a.Status, alertname: res.Alertname, fingerprint: fp, class: class, node: node,
+		labels: a.Labels, received: now}); !ok {
 		res.Outcome, res.Error = "busy", "remediation queue full"
+		if closed {
+			res.Error = "the hub is shutting down"
+		}
 		return res
 	}
 	res.Outcome = "queued"

@@ -132,7 +132,10 @@ func New(cfg Config) (*Hub, error) {
 func (h *Hub) Serve(ctx context.Context, ln net.Listener, certFile, keyFile string) error {
 	defer func() { _ = h.Link.Close() }()
 	if h.rem != nil {
-		rctx, cancel := context.WithCancel(ctx)
+		// The remediator outlives the HTTP server's drain: alerts accepted
+		// until the last request are still worked, then it stops (with its
+		// own grace for running remediations) and releases the lease.
+		rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 		done := make(chan struct{})
 		go func() {
 			defer close(done)

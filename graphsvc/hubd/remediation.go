@@ -102,6 +102,14 @@ func newRemediation(cfg RemediationConfig, token string, core *graphsvc.Hub, d d
 	if cfg.LeaderElect {
 		rm.leader = &remediator.Leader{}
 		e := cfg.Election
+		if cfg.DryRun && e.Name == "ark-hub" {
+			// A dry-run hub must not take the lease from the real ones.
+			e.Name = "ark-hub-dry-run"
+		}
+		if err := e.Validate(); err != nil {
+			_ = al.Close()
+			return nil, err
+		}
 		rm.elect = &e
 		opts.IsLeader = rm.leader.IsLeader
 	} else {
@@ -180,6 +188,14 @@ func (g graphView) RootCause(node string) (remediator.Root, bool) {
 		return remediator.Root{}, false
 	}
 	c := res.Causes[0]
+	for _, own := range res.Causes {
+		// The node's own fault is acted on even when another node's fault
+		// ranks first: two broken nodes are two remediations.
+		if own.Kind == "error" && own.NodeID == node && !own.Downstream && !own.Sympathetic {
+			c = own
+			break
+		}
+	}
 	if c.Kind != "error" || c.NodeID == "" {
 		// A symptom (a saturated device) is not a hardware fault to act on.
 		return remediator.Root{}, false
