@@ -1,5 +1,6 @@
 # Ark — make targets are the entry points. See README.md.
 SHELL := /usr/bin/env bash
+.SHELLFLAGS := -o pipefail -c
 GO ?= go
 PKGS := ./...
 BIN := bin/ark
@@ -50,8 +51,8 @@ bench: kube
 ## latency (one alert at a time) and nodes quarantined per second (100
 ## alerts at once, 16 in flight, circuit breaker off)
 bench-remediation: kube
-	$(GO) test -run '^$$' -bench WebhookToTaint -benchtime 300x ./remediator/ | grep -E '^(Benchmark|ok|FAIL)'
-	$(GO) test -run '^$$' -bench QuarantineThroughput -benchtime 5x ./remediator/ | grep -E '^(Benchmark|ok|FAIL)'
+	$(GO) test -run '^$$' -bench WebhookToTaint -benchtime 300x ./remediator/ | grep -E 'ns/op|^ok|^FAIL'
+	$(GO) test -run '^$$' -bench QuarantineThroughput -benchtime 5x ./remediator/ | grep -E 'ns/op|^ok|^FAIL'
 
 ## bench-hub: the hub at 10,000 simulated hosts over loopback WebSockets
 ## (hack/bench-hub.sh AGENTS SECONDS; about 80 s)
