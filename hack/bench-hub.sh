@@ -84,6 +84,7 @@ while kill -0 "$sim" 2>/dev/null; do
 		curl -sf "127.0.0.1:$port/debug/pprof/heap" -o "$PROFILE_DIR/heap.pb.gz" || true
 		curl -sf "127.0.0.1:$port/debug/pprof/goroutine" -o "$PROFILE_DIR/goroutine.pb.gz" || true
 		curl -sf "127.0.0.1:$port/debug/pprof/trace?seconds=3" -o "$PROFILE_DIR/trace.out" || true
+		curl -sf "127.0.0.1:$port/debug/pprof/heap" -o "$PROFILE_DIR/heap-later.pb.gz" || true
 		curl -sf "127.0.0.1:$port/debug/pprof/profile?seconds=5" -o "$PROFILE_DIR/cpu.pb.gz" || true
 		curl -sf "127.0.0.1:$port/metrics" -o "$PROFILE_DIR/metrics.txt" || true
 		cp "$tmp/ark" "$PROFILE_DIR/ark"

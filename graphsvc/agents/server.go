@@ -329,13 +329,13 @@ func (s *Server) worker() {
 	}
 }
 
-// offload runs f on a worker and waits for it; false when the server
-// closed first (f did not run). Thousands of links then share a few deep
-// stacks instead of each growing its own.
-func (s *Server) offload(f func()) bool {
-	done := make(chan struct{})
+// offload hands f to a worker and waits until f signals done; false when
+// the server closed first (f did not run). Thousands of links then share a
+// few deep stacks instead of each growing its own. f and done are the
+// session's own, reused for every frame.
+func (s *Server) offload(f func(), done <-chan struct{}) bool {
 	select {
-	case s.work <- func() { f(); close(done) }:
+	case s.work <- f:
 	case <-s.ctx.Done():
 		return false
 	}
@@ -418,7 +418,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	ss := &session{s: s, pending: map[string]chan link.Result{}, done: make(chan struct{})}
 	ss.ctx, ss.cancel = context.WithCancel(context.Background())
-	stopAfter := context.AfterFunc(s.ctx, ss.cancel)
+	stopAfter := func() bool { return false }
 	defer func() {
 		if !handedOff {
 			stopAfter()
@@ -438,6 +438,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ws.SetReadLimit(link.MaxFrameBytes)
 	ss.ws = ws
+	// Frames are read without a context (a context per read costs an
+	// allocation and a registration each): the server's end closes the
+	// connection instead, which ends the read.
+	stopAfter = context.AfterFunc(s.ctx, func() {
+		ss.cancel()
+		_ = ws.CloseNow()
+	})
 	// The link outlives this handler: net/http's goroutine, with its deep
 	// stack, the request and its headers, goes now, and the session runs
 	// on a goroutine of its own whose stack stays small.

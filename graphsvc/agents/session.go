@@ -32,6 +32,11 @@ type session struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	// The frame a worker handles for the read loop, and its answer.
+	frame   *bytes.Buffer
+	verdict verdict
+	handled chan struct{}
+
 	mu      sync.Mutex
 	ended   bool
 	pending map[string]chan link.Result
@@ -127,6 +132,12 @@ func (ss *session) run(identity, remote string) {
 
 	idle := ss.watchIdle()
 	defer idle.Stop()
+	// The work a worker does for this session, bound once.
+	ss.handled = make(chan struct{}, 1)
+	handle := func() {
+		ss.verdict = ss.handleFrame(ss.frame.Bytes(), log)
+		ss.handled <- struct{}{}
+	}
 	for {
 		buf, err := ss.readFrame()
 		if err != nil {
@@ -138,12 +149,14 @@ func (ss *session) run(identity, remote string) {
 		// Decoding and applying run on the server's few workers: this
 		// goroutine, one of thousands, only waits on the socket and keeps
 		// a small stack.
-		var v verdict
-		ok := s.offload(func() { v = ss.handleFrame(buf.Bytes(), log) })
+		ss.frame = buf
+		ok := s.offload(handle, ss.handled)
 		putFrameBuffer(buf)
+		ss.frame = nil
 		if !ok {
 			return
 		}
+		v := ss.verdict
 		switch {
 		case v.rejectReason != "":
 			ss.reject(v.rejectReason, v.rejectMsg)
@@ -183,7 +196,7 @@ func putFrameBuffer(b *bytes.Buffer) {
 // readFrame reads the next data message into a pooled buffer; the caller
 // returns it with putFrameBuffer.
 func (ss *session) readFrame() (*bytes.Buffer, error) {
-	_, r, err := ss.ws.Reader(ss.ctx)
+	_, r, err := ss.ws.Reader(context.Background())
 	if err != nil {
 		return nil, err
 	}
