@@ -163,8 +163,12 @@ func New(cfg Config) (*Agent, error) {
 		if u.Path == "" || u.Path == "/" {
 			u.Path = link.Path // the hub's base URL was given
 		}
+		addrs := cfg.Hub.Addrs
+		if len(addrs) == 0 {
+			addrs = hostAddrs()
+		}
 		fwd, err := forwarder.New(forwarder.Options{
-			URL: u.String(), TokenFile: cfg.Hub.TokenFile, Node: cfg.NodeName, Addrs: cfg.Hub.Addrs, Version: "ark",
+			URL: u.String(), TokenFile: cfg.Hub.TokenFile, Node: cfg.NodeName, Addrs: addrs, Version: "ark",
 			Logger: cfg.Logger.With("component", "forwarder"), Registerer: reg,
 			Snapshot: g.Snapshot, Commands: ctl,
 		})
@@ -602,4 +606,23 @@ func (a *Agent) runProbe(ctx context.Context, name string, p probe.Probe, env pr
 		backoff = min(2*backoff, probeBackoffMax)
 		a.setStatus(name, "running", "")
 	}
+}
+
+// hostAddrs is what an agent announces to the hub when not told: the
+// host's global unicast addresses (the agent runs with hostNetwork), which
+// its ranks' peers see.
+func hostAddrs() []string {
+	ifs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, a := range ifs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok || !ipn.IP.IsGlobalUnicast() {
+			continue
+		}
+		out = append(out, ipn.IP.String())
+	}
+	return out
 }

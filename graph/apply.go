@@ -1,7 +1,9 @@
 package graph
 
 import (
+	"cmp"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -285,10 +287,7 @@ const maxPeerFanout = 16
 // waitOnPeer links proc to the rank(s) behind peer: the exact ip:port first,
 // else the ranks on that ip, the same job preferred.
 func (g *Graph) waitOnPeer(proc *node, peer string, ts int64) {
-	cands := g.addrs[peer]
-	if len(cands) == 0 {
-		cands = g.ips[splitHost(peer)]
-	}
+	cands := g.peerCandidates(peer)
 	if len(cands) == 0 {
 		// The peer's rank may not be announced yet (events from hosts
 		// arrive in any order): remember the wait and link it when an
@@ -298,6 +297,67 @@ func (g *Graph) waitOnPeer(proc *node, peer string, ts int64) {
 		return
 	}
 	g.linkPeers(proc, cands, ts, ts)
+}
+
+// peerCandidates returns the ranks behind a peer address: the exact
+// ip:port, else the ranks that announced that ip, else the ranks of the
+// host whose agent announced it (sorted by pid, so the choice among many
+// is stable).
+func (g *Graph) peerCandidates(peer string) []*node {
+	if c := g.addrs[peer]; len(c) > 0 {
+		return c
+	}
+	ip := splitHost(peer)
+	if c := g.ips[ip]; len(c) > 0 {
+		return c
+	}
+	name, ok := g.hostIPs[ip]
+	if !ok {
+		return nil
+	}
+	h := g.hosts[name]
+	if h == nil || len(h.procs) == 0 {
+		return nil
+	}
+	out := make([]*node, 0, len(h.procs))
+	for _, p := range h.procs {
+		if p.alive() {
+			out = append(out, p)
+		}
+	}
+	slices.SortFunc(out, func(a, b *node) int { return cmp.Compare(a.proc.pid, b.proc.pid) })
+	return out
+}
+
+// SetHostAddrs records the addresses host's agent announced (the hub's
+// link hello), replacing earlier ones, and links the waits remembered for
+// peers on them.
+func (g *Graph) SetHostAddrs(host string, addrs []string) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, ip := range g.hostAddrs[host] {
+		if g.hostIPs[ip] == host {
+			delete(g.hostIPs, ip)
+		}
+	}
+	ips := make([]string, 0, len(addrs))
+	for _, a := range addrs {
+		ip := splitHost(strings.TrimSpace(a))
+		if ip == "" {
+			continue
+		}
+		ip = strings.Clone(ip)
+		g.hostIPs[ip] = host
+		ips = append(ips, ip)
+	}
+	if len(ips) == 0 {
+		delete(g.hostAddrs, host)
+		return
+	}
+	g.hostAddrs[strings.Clone(host)] = ips
+	if len(g.pending) > 0 {
+		g.settlePending(g.clock)
+	}
 }
 
 // linkPeers links proc to the ranks in cands, the same job preferred.
@@ -377,7 +437,7 @@ func (g *Graph) resolvePending(addr string, p *node) {
 // the TTL.
 func (g *Graph) settlePending(now int64) {
 	for peer, ws := range g.pending {
-		if cands := g.ips[splitHost(peer)]; len(cands) > 0 {
+		if cands := g.peerCandidates(peer); len(cands) > 0 {
 			delete(g.pending, peer)
 			g.npending -= len(ws)
 			for _, w := range ws {

@@ -177,7 +177,12 @@ type Graph struct {
 	jobs  map[string]*node
 	addrs map[string][]*node // "ip:port" or "ip" → processes (intent.run attrs.addr)
 	ips   map[string][]*node // ip of every addr → processes
-	errs  map[*node]struct{} // error nodes, kept out of the LRU
+	// hostIPs maps the addresses a host's agent announced to the host: a
+	// peer on that ip whose rank announced no address is one of the
+	// host's ranks.
+	hostIPs   map[string]string
+	hostAddrs map[string][]string // host → its announced ips
+	errs      map[*node]struct{}  // error nodes, kept out of the LRU
 	// waits on peers no known rank has announced yet, by peer address
 	pending  map[string][]pendingWait
 	npending int
@@ -206,16 +211,18 @@ type host struct {
 func New(opts Options) *Graph {
 	o := opts.withDefaults()
 	return &Graph{
-		opts:    o,
-		ttl:     o.TTL.Milliseconds(),
-		etl:     o.ErrorTTL.Milliseconds(),
-		skew:    o.MaxSkew.Milliseconds(),
-		hosts:   make(map[string]*host),
-		jobs:    make(map[string]*node),
-		addrs:   make(map[string][]*node),
-		ips:     make(map[string][]*node),
-		errs:    make(map[*node]struct{}),
-		pending: make(map[string][]pendingWait),
+		opts:      o,
+		ttl:       o.TTL.Milliseconds(),
+		etl:       o.ErrorTTL.Milliseconds(),
+		skew:      o.MaxSkew.Milliseconds(),
+		hosts:     make(map[string]*host),
+		jobs:      make(map[string]*node),
+		addrs:     make(map[string][]*node),
+		ips:       make(map[string][]*node),
+		hostIPs:   make(map[string]string),
+		hostAddrs: make(map[string][]string),
+		errs:      make(map[*node]struct{}),
+		pending:   make(map[string][]pendingWait),
 	}
 }
 

@@ -566,3 +566,44 @@ func TestProcessNetworkErrorsStayWithTheProcess(t *testing.T) {
 		t.Fatalf("the sick job's cause is the GPU, not its own timeouts: %+v", res.Causes)
 	}
 }
+
+// Ranks that announce no address (a launcher that does not say) are still
+// reached through the addresses their host's agent announced: a drop
+// toward 10.0.0.2 is a wait on host b's ranks, the same job first.
+func TestPeerOnAnAnnouncedHostAddressIsLinked(t *testing.T) {
+	g := New(Options{})
+	run := func(node string, pid int64, job string) {
+		g.Apply(&event.Event{TS: t0, Type: event.IntentRun, NodeID: node, EntityID: fmt.Sprintf("pid-%d", pid), PID: pid, JobID: job, Value: "running"})
+	}
+	run("a", 1, "j")
+	run("b", 2, "j")
+	run("b", 3, "other") // another job on b: not a wait of j's rank
+	g.SetHostAddrs("b", []string{"10.0.0.2", "fd00::2"})
+	g.Apply(&event.Event{TS: t0 + 1000, Type: event.TransportDrop, NodeID: "a", EntityID: "network-ib0", PID: 1, JobID: "j", Value: "4",
+		Attrs: event.Attrs{{Key: "peer", Value: "10.0.0.2:41234"}}})
+	a, b2, b3 := g.hosts["a"].procs[1], g.hosts["b"].procs[2], g.hosts["b"].procs[3]
+	if a.findOut(b2, WaitsOn) == nil {
+		t.Fatal("a/pid-1 must wait on b/pid-2 through b's announced address")
+	}
+	if a.findOut(b3, WaitsOn) != nil {
+		t.Fatal("a rank of another job on the same host is not a wait")
+	}
+
+	// A drop that came before the host announced itself is linked when it
+	// does; an address the host no longer announces links nothing.
+	g.Apply(&event.Event{TS: t0 + 2000, Type: event.TransportDrop, NodeID: "b", EntityID: "network-ib0", PID: 2, JobID: "j", Value: "4",
+		Attrs: event.Attrs{{Key: "peer", Value: "[fd00::1]:29500"}}})
+	if b2.findOut(a, WaitsOn) != nil || g.npending != 1 {
+		t.Fatalf("a wait on an unknown address is remembered, not linked (pending %d)", g.npending)
+	}
+	g.SetHostAddrs("a", []string{"fd00::1"})
+	if b2.findOut(a, WaitsOn) == nil || g.npending != 0 {
+		t.Fatalf("the remembered wait is linked when a announces fd00::1 (pending %d)", g.npending)
+	}
+	g.SetHostAddrs("b", nil)
+	g.Apply(&event.Event{TS: t0 + 3000, Type: event.TransportDrop, NodeID: "a", EntityID: "network-ib0", PID: 1, JobID: "j", Value: "4",
+		Attrs: event.Attrs{{Key: "peer", Value: "10.0.0.2:41235"}}})
+	if g.npending != 1 {
+		t.Fatalf("b's withdrawn address must not resolve: pending %d", g.npending)
+	}
+}

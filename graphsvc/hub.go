@@ -264,6 +264,9 @@ func (h *Hub) AgentConnected(node string, addrs []string) {
 	st.addrs = slices.Clone(addrs)
 	st.since, st.lastSeen = now, now
 	h.mu.Unlock()
+	// A peer on one of these addresses is one of this host's ranks, even
+	// when the ranks announced no address of their own.
+	h.g.SetHostAddrs(node, addrs)
 	h.log.Debug("agent connected", "node", node, "addrs", addrs)
 }
 

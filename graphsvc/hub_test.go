@@ -687,3 +687,28 @@ func TestNewFailsOnADuplicateRegistration(t *testing.T) {
 		t.Error("a second hub on the same registry registered")
 	}
 }
+
+// The addresses an agent announces let the hub link a drop toward that host
+// to its ranks even when they announced no address of their own.
+func TestAnnouncedHostAddressesLinkPeers(t *testing.T) {
+	h, err := New(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UnixMilli()
+	h.AgentConnected("node-b", []string{"10.9.0.2"})
+	h.Ingest("node-a", []event.Event{{TS: now, Type: event.IntentRun, EntityID: "pid-1", PID: 1, JobID: "j", Value: "running"}})
+	h.Ingest("node-b", []event.Event{{TS: now, Type: event.IntentRun, EntityID: "pid-2", PID: 2, JobID: "j", Value: "running"}})
+	h.Ingest("node-a", []event.Event{{TS: now + 10, Type: event.TransportDrop, EntityID: "network-ib0", PID: 1, JobID: "j", Value: "3",
+		Attrs: event.Attrs{{Key: "peer", Value: "10.9.0.2:43001"}}}})
+	ng, ok, err := h.JobGraph("j")
+	if err != nil || !ok {
+		t.Fatalf("job graph: %v %v", ok, err)
+	}
+	for _, e := range ng.Edges {
+		if e.Source == "node-a/pid-1" && e.Target == "node-b/pid-2" {
+			return
+		}
+	}
+	t.Fatalf("no edge node-a/pid-1 → node-b/pid-2 in %+v", ng.Edges)
+}

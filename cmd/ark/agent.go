@@ -120,7 +120,7 @@ func newAgentCmd() *cobra.Command {
 	f.StringVar(&cfg.Control.RulesDir, "rules.dir", "", "directory of rule files, loaded over the default rules and reloaded on change or SIGHUP")
 	f.StringVar(&cfg.Hub.URL, "hub.url", "", "stream folded events to this hub (ws:// or http://host:port) and take its commands")
 	f.StringVar(&cfg.Hub.TokenFile, "hub.token-file", "", "bearer token for the hub, read at each connect")
-	f.StringSliceVar(&cfg.Hub.Addrs, "hub.addrs", nil, "this host's addresses, announced to the hub for cross-node waits")
+	f.StringSliceVar(&cfg.Hub.Addrs, "hub.addrs", nil, "this host's addresses, announced to the hub for cross-node waits (default: its global unicast addresses)")
 	f.StringVar(&paths.ProcFS, "path.procfs", paths.ProcFS, "procfs mountpoint")
 	f.StringVar(&paths.SysFS, "path.sysfs", paths.SysFS, "sysfs mountpoint")
 	f.StringVar(&paths.DevKmsg, "path.kmsg", paths.DevKmsg, "kernel log device (or a file/FIFO for tests)")
