@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -309,9 +310,13 @@ func (k *Kube) evictOne(ctx context.Context, p *corev1.Pod, ev Eviction) EvictRe
 		case err == nil, apierrors.IsNotFound(err):
 			r.Err = nil
 			return r
-		case apierrors.IsTooManyRequests(err):
+		case apierrors.IsTooManyRequests(err) && strings.Contains(err.Error(), "disruption budget"):
 			r.Blocked++
 			r.Err = fmt.Errorf("blocked by a PodDisruptionBudget after %d attempts: %w", r.Attempts, err)
+		case apierrors.IsTooManyRequests(err):
+			// The API server's own throttling: retried the same way, but
+			// not a PDB's doing.
+			r.Err = fmt.Errorf("throttled by the API server after %d attempts: %w", r.Attempts, err)
 		default:
 			r.Err = err
 			return r
