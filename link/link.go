@@ -113,7 +113,7 @@ func Decode(b []byte) (Frame, error) {
 // for each. The events f held are zeroed first, so nothing decoded before
 // shares memory with what is decoded now.
 func DecodeInto(b []byte, f *Frame) error {
-	clear(f.Events)
+	clear(f.Events[:cap(f.Events)])
 	*f = Frame{Events: f.Events[:0]}
 	if err := json.Unmarshal(b, f); err != nil {
 		return fmt.Errorf("%w: %w", ErrBadFrame, err)

@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"sort"
 	"strings"
@@ -89,8 +90,10 @@ type Options struct {
 	// Registerer gets the link's metrics (nil: not registered).
 	Registerer prometheus.Registerer
 	// OnEvents applies a snapshot or events frame; every event's NodeID is
-	// node. It is called from one goroutine per agent, and the batch is
-	// acknowledged when it returns. It may modify evs but not keep it.
+	// node. It is called from the server's few workers, one frame of an
+	// agent at a time, and the batch is acknowledged when it returns. It
+	// may modify evs but not keep the slice (the events' strings and
+	// attributes are its own).
 	OnEvents func(node string, evs []event.Event)
 	// OnConnect and OnDisconnect report a node's link coming up and going
 	// down. A connection that replaces an older one of the same node
@@ -322,7 +325,7 @@ func (s *Server) worker() {
 	for {
 		select {
 		case f := <-s.work:
-			f()
+			f() // f recovers its own panics (session.run)
 		case <-s.ctx.Done():
 			return
 		}
@@ -347,7 +350,10 @@ func (s *Server) offload(f func(), done <-chan struct{}) bool {
 // small buffers: net/http's are 4 KiB each way, 80 MB at 10,000 links,
 // while link frames are read straight into their own buffer and the hub
 // writes only acks and commands.
-type smallBuffers struct{ http.ResponseWriter }
+type smallBuffers struct {
+	http.ResponseWriter
+	conn *net.Conn // set by Hijack: the raw connection, for a hard close
+}
 
 const (
 	linkReadBuffer  = 1024
@@ -358,6 +364,9 @@ func (w smallBuffers) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err != nil {
 		return nil, nil, err
+	}
+	if w.conn != nil {
+		*w.conn = conn
 	}
 	if err := brw.Flush(); err != nil {
 		_ = conn.Close()
@@ -426,7 +435,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	ss.touch()
-	ws, err := websocket.Accept(smallBuffers{w}, r, &websocket.AcceptOptions{
+	var raw net.Conn
+	ws, err := websocket.Accept(smallBuffers{ResponseWriter: w, conn: &raw}, r, &websocket.AcceptOptions{
 		OnPingReceived: func(context.Context, []byte) bool { ss.touch(); return true },
 		// Frames are small JSON on a datacentre network; per-connection
 		// deflate state would cost more memory than it saves at 10,000 links.
@@ -443,6 +453,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// connection instead, which ends the read.
 	stopAfter = context.AfterFunc(s.ctx, func() {
 		ss.cancel()
+		// Cut the connection itself first: while a close handshake is
+		// pending (an agent that never answers it) CloseNow only waits.
+		if raw != nil {
+			_ = raw.Close()
+		}
 		_ = ws.CloseNow()
 	})
 	// The link outlives this handler: net/http's goroutine, with its deep
@@ -453,6 +468,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	go func() {
 		defer s.wg.Done()
 		defer stopAfter() // unregister from the server's context
+		defer func() {
+			// net/http no longer recovers for this goroutine: a panic ends
+			// this link, not the hub.
+			if p := recover(); p != nil {
+				s.log.Error("agent link panicked", "remote", remote, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+				_ = ws.CloseNow()
+			}
+		}()
 		ss.run(identity, remote)
 	}()
 }

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -135,8 +136,15 @@ func (ss *session) run(identity, remote string) {
 	// The work a worker does for this session, bound once.
 	ss.handled = make(chan struct{}, 1)
 	handle := func() {
+		defer func() {
+			// A frame that makes the hub panic ends its own link only.
+			if p := recover(); p != nil {
+				log.Error("handling an agent's frame panicked", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+				ss.verdict = verdict{rejectReason: "internal", rejectMsg: "the hub failed to handle a frame"}
+			}
+			ss.handled <- struct{}{}
+		}()
 		ss.verdict = ss.handleFrame(ss.frame.Bytes(), log)
-		ss.handled <- struct{}{}
 	}
 	for {
 		buf, err := ss.readFrame()
@@ -222,8 +230,12 @@ func (ss *session) handleFrame(b []byte, log *slog.Logger) verdict {
 	s := ss.s
 	f := framePool.Get().(*link.Frame)
 	defer func() {
-		// Drop what the frame refers to before it waits in the pool.
-		clear(f.Events)
+		// Drop what the frame refers to before it waits in the pool; an
+		// oversized batch (refused, but decoded first) is not kept.
+		if cap(f.Events) > link.MaxBatch {
+			return
+		}
+		clear(f.Events[:cap(f.Events)])
 		*f = link.Frame{Events: f.Events[:0]}
 		framePool.Put(f)
 	}()

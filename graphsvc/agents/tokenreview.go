@@ -34,8 +34,33 @@ type TokenReview struct {
 	// Timeout bounds one review (default 5s).
 	Timeout time.Duration
 
-	mu    sync.Mutex
-	cache map[[32]byte]review
+	// MaxInFlight bounds concurrent reviews (default 32): past it an agent
+	// is answered 503 at once, so a flood of bogus tokens cannot queue the
+	// real agents behind it on the API server.
+	MaxInFlight int
+
+	mu       sync.Mutex
+	cache    map[[32]byte]review
+	inFlight int
+}
+
+// ErrBusy is returned when MaxInFlight reviews are already running.
+var ErrBusy = errors.New("too many token reviews in flight")
+
+// jwtShaped reports whether tok looks like a JWT (three base64url parts):
+// anything else is refused without asking the API server.
+func jwtShaped(tok string) bool {
+	if len(tok) > 16<<10 || strings.Count(tok, ".") != 2 {
+		return false
+	}
+	for _, c := range tok {
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '.', c == '=':
+		default:
+			return false
+		}
+	}
+	return true
 }
 
 type review struct {
@@ -58,16 +83,31 @@ func (a *TokenReview) Authenticate(r *http.Request) (string, error) {
 	if !ok || tok == "" {
 		return "", ErrUnauthenticated
 	}
+	if !jwtShaped(tok) {
+		return "", fmt.Errorf("%w: not a ServiceAccount token", ErrUnauthenticated)
+	}
 	key := sha256.Sum256([]byte(tok))
 	now := time.Now()
+	limit := a.MaxInFlight
+	if limit <= 0 {
+		limit = 32
+	}
 	a.mu.Lock()
 	if c, ok := a.cache[key]; ok && now.Before(c.expires) {
 		a.mu.Unlock()
 		return c.user, c.err
 	}
+	if a.inFlight >= limit {
+		a.mu.Unlock()
+		return "", ErrBusy
+	}
+	a.inFlight++
 	a.mu.Unlock()
 
 	user, err := a.review(r.Context(), tok)
+	a.mu.Lock()
+	a.inFlight--
+	a.mu.Unlock()
 	ttl := a.CacheTTL
 	if ttl <= 0 {
 		ttl = time.Minute
