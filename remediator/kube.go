@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -61,29 +62,25 @@ func (k *Kube) Claim(ctx context.Context, node string, class Class, alert string
 			last = t
 			return ErrCooldown
 		}
-		if n.Annotations == nil {
-			n.Annotations = map[string]string{}
-		}
-		n.Annotations[AnnotationRemediatedAt] = now.UTC().Format(time.RFC3339Nano)
-		n.Annotations[AnnotationClass] = string(class)
-		n.Annotations[AnnotationAlert] = alert
+		at, cl := now.UTC().Format(time.RFC3339Nano), string(class)
+		ann := map[string]*string{AnnotationRemediatedAt: &at, AnnotationClass: &cl, AnnotationAlert: &alert}
 		if taint {
 			setTaint(n, class)
 		}
-		return k.patchNode(ctx, n, taint)
+		return k.patchNode(ctx, n, ann, taint)
 	})
 	return last, err
 }
 
-// patchNode writes n's annotations (and taints, when taints is set) with a
-// JSON merge patch that carries the resourceVersion read, so a write
-// racing another fails with a conflict instead of overwriting it. Taints
-// have no merge key: the list is written whole, which the precondition
-// makes safe.
-func (k *Kube) patchNode(ctx context.Context, n *corev1.Node, taints bool) error {
+// patchNode writes a JSON merge patch of n carrying the resourceVersion
+// read, so a write racing another fails with a conflict instead of
+// overwriting it: the annotations given (nil values delete) and, when
+// taints is set, n's taints. Taints have no merge key: the list is written
+// whole, which the precondition makes safe.
+func (k *Kube) patchNode(ctx context.Context, n *corev1.Node, annotations map[string]*string, taints bool) error {
 	type meta struct {
-		ResourceVersion string            `json:"resourceVersion"`
-		Annotations     map[string]string `json:"annotations,omitempty"`
+		ResourceVersion string             `json:"resourceVersion"`
+		Annotations     map[string]*string `json:"annotations,omitempty"`
 	}
 	type spec struct {
 		Taints []corev1.Taint `json:"taints"`
@@ -91,7 +88,7 @@ func (k *Kube) patchNode(ctx context.Context, n *corev1.Node, taints bool) error
 	body := struct {
 		Metadata meta  `json:"metadata"`
 		Spec     *spec `json:"spec,omitempty"`
-	}{Metadata: meta{ResourceVersion: n.ResourceVersion, Annotations: n.Annotations}}
+	}{Metadata: meta{ResourceVersion: n.ResourceVersion, Annotations: annotations}}
 	if taints {
 		body.Spec = &spec{Taints: n.Spec.Taints}
 		if body.Spec.Taints == nil {
@@ -126,20 +123,16 @@ func taintValue(n *corev1.Node) (string, bool) {
 	return "", false
 }
 
+// hasTaint reports whether n carries Ark's taint.
+func hasTaint(n *corev1.Node) bool {
+	_, ok := taintValue(n)
+	return ok
+}
+
 // transient reports whether an API error is worth retrying at once.
 func transient(err error) bool {
 	return apierrors.IsServerTimeout(err) || apierrors.IsTimeout(err) || apierrors.IsTooManyRequests(err) ||
 		apierrors.IsServiceUnavailable(err) || apierrors.IsInternalError(err) || apierrors.IsUnexpectedServerError(err)
-}
-
-// hasTaint reports whether n carries Ark's taint.
-func hasTaint(n *corev1.Node) bool {
-	for _, t := range n.Spec.Taints {
-		if t.Key == TaintKey {
-			return true
-		}
-	}
-	return false
 }
 
 // setTaint adds or updates Ark's taint, leaving every other taint alone.
@@ -164,34 +157,15 @@ func setTaint(n *corev1.Node, class Class) bool {
 // Taint adds ark.dev/hardware-fault=<class>:NoSchedule, merged with the
 // node's other taints, retrying on conflicts.
 func (k *Kube) Taint(ctx context.Context, node string, class Class) error {
-	return k.updateNode(ctx, node, func(n *corev1.Node) bool { return setTaint(n, class) })
+	return k.updateTaints(ctx, node, nil, func(n *corev1.Node) bool { return setTaint(n, class) })
 }
 
 // Untaint removes Ark's taint and its cooldown annotations.
 func (k *Kube) Untaint(ctx context.Context, node string) error {
-	return retry.RetryOnConflict(retry.DefaultBackoff, func() error {
-		n, err := k.c.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
-		if err != nil {
-			return err
-		}
-		out := []corev1.Taint{}
-		for _, t := range n.Spec.Taints {
-			if t.Key != TaintKey {
-				out = append(out, t)
-			}
-		}
-		// null deletes a key in a JSON merge patch.
-		body := map[string]any{
-			"metadata": map[string]any{"resourceVersion": n.ResourceVersion, "annotations": map[string]any{
-				AnnotationRemediatedAt: nil, AnnotationClass: nil, AnnotationAlert: nil}},
-			"spec": map[string]any{"taints": out},
-		}
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		_, err = k.c.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, b, metav1.PatchOptions{})
-		return err
+	gone := map[string]*string{AnnotationRemediatedAt: nil, AnnotationClass: nil, AnnotationAlert: nil}
+	return k.updateTaints(ctx, node, gone, func(n *corev1.Node) bool {
+		n.Spec.Taints = slices.DeleteFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == TaintKey })
+		return true // the annotations go even when the taint is already gone
 	})
 }
 
@@ -205,7 +179,9 @@ func hasCondition(n *corev1.Node) bool {
 	return false
 }
 
-func (k *Kube) updateNode(ctx context.Context, node string, mutate func(*corev1.Node) bool) error {
+// updateTaints reads the node, lets mutate change its taints and, when it
+// reports a change, writes them with annotations, retrying on conflicts.
+func (k *Kube) updateTaints(ctx context.Context, node string, annotations map[string]*string, mutate func(*corev1.Node) bool) error {
 	return retry.RetryOnConflict(retry.DefaultBackoff, func() error {
 		n, err := k.c.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
 		if err != nil {
@@ -214,7 +190,7 @@ func (k *Kube) updateNode(ctx context.Context, node string, mutate func(*corev1.
 		if !mutate(n) {
 			return nil
 		}
-		return k.patchNode(ctx, n, true)
+		return k.patchNode(ctx, n, annotations, true)
 	})
 }
 

@@ -24,8 +24,8 @@ type Election struct {
 	LeaseDuration, RenewDeadline, RetryPeriod time.Duration
 }
 
-// Validate reports settings client-go's elector would panic on.
-func (e *Election) Validate() error {
+// setDefaults fills client-go's usual timings.
+func (e *Election) setDefaults() {
 	if e.LeaseDuration == 0 {
 		e.LeaseDuration = 15 * time.Second
 	}
@@ -35,6 +35,12 @@ func (e *Election) Validate() error {
 	if e.RetryPeriod == 0 {
 		e.RetryPeriod = 2 * time.Second
 	}
+}
+
+// Validate fills the default timings and reports settings client-go's
+// elector would panic on.
+func (e *Election) Validate() error {
+	e.setDefaults()
 	switch {
 	case e.Namespace == "" || e.Name == "" || e.Identity == "":
 		return errors.New("leader election: namespace, lease name and identity are required")
@@ -59,15 +65,7 @@ func (l *Leader) IsLeader() bool { return l.held.Load() }
 // on the way out it releases the Lease so another replica takes over at
 // once.
 func (l *Leader) Run(ctx context.Context, c kubernetes.Interface, e Election, m *Metrics, log *slog.Logger) {
-	if e.LeaseDuration == 0 {
-		e.LeaseDuration = 15 * time.Second
-	}
-	if e.RenewDeadline == 0 {
-		e.RenewDeadline = 10 * time.Second
-	}
-	if e.RetryPeriod == 0 {
-		e.RetryPeriod = 2 * time.Second
-	}
+	e.setDefaults()
 	lock := &resourcelock.LeaseLock{
 		LeaseMeta:  metav1.ObjectMeta{Namespace: e.Namespace, Name: e.Name},
 		Client:     c.CoordinationV1(),

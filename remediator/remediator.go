@@ -252,13 +252,16 @@ func (r *Remediator) enqueue(j job) (ok, closed bool) {
 	}
 }
 
-// tryLockNode takes the node's lock unless a remediation of the node is
-// running: the alerts a job-wide stall sends for dozens of nodes, all
-// pointing at one root node, must not park every worker behind it.
-func (r *Remediator) tryLockNode(node string) (unlock func(), ok bool) {
-	v, _ := r.nodeLocks.LoadOrStore(node, &sync.Mutex{})
+// lockOrSkip takes s.node's lock unless a remediation of the node is
+// running; then it audits and counts the alert as in_progress. The alerts
+// a job-wide stall sends for dozens of nodes, all pointing at one root
+// node, must not park every worker behind it.
+func (r *Remediator) lockOrSkip(ctx context.Context, s step) (unlock func(), ok bool) {
+	v, _ := r.nodeLocks.LoadOrStore(s.node, &sync.Mutex{})
 	mu := v.(*sync.Mutex)
 	if !mu.TryLock() {
+		r.m.alerts.WithLabelValues(s.j.status, "in_progress").Inc()
+		r.audit(ctx, s, "in_progress", audit.Success, 0, "", "nothing done: a remediation of "+s.node+" is running")
 		return nil, false
 	}
 	return mu.Unlock, true
@@ -334,10 +337,8 @@ func (r *Remediator) remediate(ctx context.Context, j job) {
 			}
 		}
 	}
-	unlock, ok := r.tryLockNode(s.node)
+	unlock, ok := r.lockOrSkip(ctx, s)
 	if !ok {
-		r.m.alerts.WithLabelValues("firing", "in_progress").Inc()
-		r.audit(ctx, s, "in_progress", audit.Success, 0, "", "nothing done: a remediation of "+s.node+" is running")
 		return
 	}
 	defer unlock()
@@ -666,10 +667,8 @@ func podNames(pods []corev1.Pod) string {
 func (r *Remediator) resolve(ctx context.Context, j job) {
 	s := step{j: j, node: j.node, class: j.class}
 	cp := r.o.Policy.Classes[j.class]
-	unlock, ok := r.tryLockNode(j.node)
+	unlock, ok := r.lockOrSkip(ctx, s)
 	if !ok {
-		r.m.alerts.WithLabelValues("resolved", "in_progress").Inc()
-		r.audit(ctx, s, "in_progress", audit.Success, 0, "", "resolved alert ignored: a remediation of "+j.node+" is running")
 		return
 	}
 	defer unlock()

@@ -195,49 +195,11 @@ func TestHubAndFourAgents(t *testing.T) {
 
 	// A real process on node-2 that records the signal it gets, announced
 	// as one more rank of the job.
-	got := filepath.Join(dir, "got")
-	rank := exec.Command("/bin/sh", "-c", `trap 'echo USR1 >> "$GOT"' USR1; while :; do sleep 0.05; done`)
-	rank.Env = append(os.Environ(), "GOT="+got)
-	if err := rank.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = rank.Process.Kill(); _ = rank.Wait() })
-	pid := rank.Process.Pid
-	st := startTime(t, pid)
-	now := time.Now().UnixMilli()
-	extra := fmt.Sprintf(`{"ts":%d,"event_type":"intent.run","entity_id":"pid-%d","value":"running","pid":%d,"job_id":"train/example","attrs":{"rank":"99"}}
-{"ts":%d,"event_type":"process.state","entity_id":"pid-%d","value":"S","pid":%d,"job_id":"train/example","attrs":{"start_time":"%s"}}
-`, now, pid, pid, now, pid, pid, st)
-	f, err := os.OpenFile(files["node-2"], os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteString(extra); err != nil {
-		t.Fatal(err)
-	}
-	_ = f.Close()
+	pid, got := startRank(t, dir, files["node-2"])
 
 	hubAddr := freePort(t)
 	hub := start(t, "hub", "hub", "--web.listen-address", hubAddr, "--token-file", token, "--log.level", "debug")
-	agents := map[string]*proc{}
-	for _, node := range []string{"node-1", "node-2", "node-3", "node-4"} {
-		cfg := filepath.Join(dir, node+".yaml")
-		if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`probes:
-  exec:
-    programs:
-      - name: replay
-        command: /bin/sh
-        args: ["-c", "cat %s; exec sleep 3600"]
-        restart: never
-`, files[node])), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		agents[node] = start(t, node, "agent", "--node-name", node, "--web.listen-address", freePort(t),
-			"--config.file", cfg, "--ipc.socket", filepath.Join(dir, node+".sock"), "--audit.file", filepath.Join(dir, node+".audit"),
-			"--hub.url", "http://"+hubAddr, "--hub.token-file", token,
-			"--no-probe.kmsg", "--no-probe.nvml", "--no-probe.procfs", "--path.pod-resources", filepath.Join(dir, "none.sock"),
-			"--log.level", "debug")
-	}
+	agents := startAgents(t, dir, hubAddr, token, files, "--log.level", "debug")
 	eventually(t, 30*time.Second, "the hub names node-3/gpu-6", func() error { return faultyGPUFirst(hubAddr) })
 
 	// The CLI against the hub.
@@ -350,6 +312,61 @@ func TestHubAndFourAgents(t *testing.T) {
 		!strings.Contains(string(audit), `"target_pid":`+strconv.Itoa(pid)) || !strings.Contains(string(audit), `"result":"success"`) {
 		t.Fatalf("node-2's audit log: %s", audit)
 	}
+}
+
+// startRank starts a real process that records the SIGUSR1 it gets in the
+// file it returns, and appends its intent.run and state, as one more rank
+// of train/example, to a host's replay file.
+func startRank(t *testing.T, dir, replay string) (pid int, got string) {
+	t.Helper()
+	got = filepath.Join(dir, "got")
+	rank := exec.Command("/bin/sh", "-c", `trap 'echo USR1 >> "$GOT"' USR1; while :; do sleep 0.05; done`)
+	rank.Env = append(os.Environ(), "GOT="+got)
+	if err := rank.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rank.Process.Kill(); _ = rank.Wait() })
+	pid = rank.Process.Pid
+	now := time.Now().UnixMilli()
+	extra := fmt.Sprintf(`{"ts":%d,"event_type":"intent.run","entity_id":"pid-%d","value":"running","pid":%d,"job_id":"train/example","attrs":{"rank":"99"}}
+{"ts":%d,"event_type":"process.state","entity_id":"pid-%d","value":"S","pid":%d,"job_id":"train/example","attrs":{"start_time":"%s"}}
+`, now, pid, pid, now, pid, pid, startTime(t, pid))
+	f, err := os.OpenFile(replay, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteString(extra); err != nil {
+		t.Fatal(err)
+	}
+	return pid, got
+}
+
+// startAgents starts one agent per host of files, each replaying its file
+// through an exec probe and linked to the hub; node-N's audit log is
+// dir/node-N.audit.
+func startAgents(t *testing.T, dir, hubAddr, token string, files map[string]string, extra ...string) map[string]*proc {
+	t.Helper()
+	agents := map[string]*proc{}
+	for node, file := range files {
+		cfg := filepath.Join(dir, node+".yaml")
+		if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`probes:
+  exec:
+    programs:
+      - name: replay
+        command: /bin/sh
+        args: ["-c", "cat %s; exec sleep 3600"]
+        restart: never
+`, file)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args := append([]string{"agent", "--node-name", node, "--web.listen-address", freePort(t),
+			"--config.file", cfg, "--ipc.socket", filepath.Join(dir, node+".sock"), "--audit.file", filepath.Join(dir, node+".audit"),
+			"--hub.url", "http://" + hubAddr, "--hub.token-file", token,
+			"--no-probe.kmsg", "--no-probe.nvml", "--no-probe.procfs", "--path.pod-resources", filepath.Join(dir, "none.sock")}, extra...)
+		agents[node] = start(t, node, args...)
+	}
+	return agents
 }
 
 func startTime(t *testing.T, pid int) string {

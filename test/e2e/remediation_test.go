@@ -230,23 +230,7 @@ func TestRemediation(t *testing.T) {
 	// The incident: node-3's gpu-6 fell off the bus (XID 79); every rank
 	// of the job stalls. A real process on node-3 is one more rank.
 	files := splitByHost(t, "../../testdata/scenarios/xid79-4node.jsonl", dir)
-	got := filepath.Join(dir, "got")
-	rank := exec.Command("/bin/sh", "-c", `trap 'echo USR1 >> "$GOT"' USR1; while :; do sleep 0.05; done`)
-	rank.Env = append(os.Environ(), "GOT="+got)
-	if err := rank.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = rank.Process.Kill(); _ = rank.Wait() })
-	pid := rank.Process.Pid
-	now := time.Now().UnixMilli()
-	f, err := os.OpenFile(files["node-3"], os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fmt.Fprintf(f, `{"ts":%d,"event_type":"intent.run","entity_id":"pid-%d","value":"running","pid":%d,"job_id":"train/example","attrs":{"rank":"99"}}
-{"ts":%d,"event_type":"process.state","entity_id":"pid-%d","value":"S","pid":%d,"job_id":"train/example","attrs":{"start_time":"%s"}}
-`, now, pid, pid, now, pid, pid, startTime(t, pid))
-	_ = f.Close()
+	pid, got := startRank(t, dir, files["node-3"])
 
 	hubAudit := filepath.Join(dir, "hub-audit.log")
 	hubArgs := func(addr, audit string, extra ...string) []string {
@@ -257,23 +241,7 @@ func TestRemediation(t *testing.T) {
 	}
 	hubAddr := freePort(t)
 	hub := start(t, "hub", hubArgs(hubAddr, hubAudit)...)
-	for _, node := range []string{"node-1", "node-2", "node-3", "node-4"} {
-		cfg := filepath.Join(dir, node+".yaml")
-		if err := os.WriteFile(cfg, []byte(fmt.Sprintf(`probes:
-  exec:
-    programs:
-      - name: replay
-        command: /bin/sh
-        args: ["-c", "cat %s; exec sleep 3600"]
-        restart: never
-`, files[node])), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		start(t, node, "agent", "--node-name", node, "--web.listen-address", freePort(t),
-			"--config.file", cfg, "--ipc.socket", filepath.Join(dir, node+".sock"), "--audit.file", filepath.Join(dir, node+".audit"),
-			"--hub.url", "http://"+hubAddr, "--hub.token-file", token,
-			"--no-probe.kmsg", "--no-probe.nvml", "--no-probe.procfs", "--path.pod-resources", filepath.Join(dir, "none.sock"))
-	}
+	startAgents(t, dir, hubAddr, token, files)
 	eventually(t, 30*time.Second, "the hub names node-3/gpu-6", func() error { return faultyGPUFirst(hubAddr) })
 	eventually(t, 10*time.Second, "the hub knows the test's rank", func() error {
 		resp, err := http.Get(fmt.Sprintf("http://%s/api/v1/ps?node=node-3&pid=%d", hubAddr, pid))
