@@ -355,8 +355,12 @@ func (g *Graph) SetHostAddrs(host string, addrs []string) {
 		return
 	}
 	g.hostAddrs[strings.Clone(host)] = ips
-	if len(g.pending) > 0 {
-		g.settlePending(g.clock)
+	for _, ip := range ips {
+		for peer := range g.pendingIPs[ip] {
+			if cands := g.peerCandidates(peer); len(cands) > 0 {
+				g.linkPending(peer, cands)
+			}
+		}
 	}
 }
 
@@ -411,9 +415,39 @@ func (g *Graph) addPending(peer string, proc *node, ts int64) {
 	}
 	if len(ws) == 0 {
 		peer = strings.Clone(peer)
+		ip := splitHost(peer)
+		if g.pendingIPs[ip] == nil {
+			g.pendingIPs[ip] = map[string]struct{}{}
+		}
+		g.pendingIPs[ip][peer] = struct{}{}
 	}
 	g.pending[peer] = append(ws, pendingWait{from: proc, first: ts, last: ts})
 	g.npending++
+}
+
+// dropPending forgets the waits remembered for peer.
+func (g *Graph) dropPending(peer string) {
+	g.npending -= len(g.pending[peer])
+	delete(g.pending, peer)
+	ip := splitHost(peer)
+	if m := g.pendingIPs[ip]; m != nil {
+		delete(m, peer)
+		if len(m) == 0 {
+			delete(g.pendingIPs, ip)
+		}
+	}
+}
+
+// linkPending links the waits remembered for peer to cands and forgets
+// them.
+func (g *Graph) linkPending(peer string, cands []*node) {
+	ws := g.pending[peer]
+	g.dropPending(peer)
+	for _, w := range ws {
+		if w.from.alive() {
+			g.linkPeers(w.from, cands, w.first, w.last)
+		}
+	}
 }
 
 // resolvePending links the waits remembered for addr to p, now that p
@@ -423,8 +457,7 @@ func (g *Graph) resolvePending(addr string, p *node) {
 	if !ok {
 		return
 	}
-	delete(g.pending, addr)
-	g.npending -= len(ws)
+	g.dropPending(addr)
 	for _, w := range ws {
 		if w.from.alive() && w.from != p {
 			g.linkPeers(w.from, []*node{p}, w.first, w.last)
@@ -438,13 +471,7 @@ func (g *Graph) resolvePending(addr string, p *node) {
 func (g *Graph) settlePending(now int64) {
 	for peer, ws := range g.pending {
 		if cands := g.peerCandidates(peer); len(cands) > 0 {
-			delete(g.pending, peer)
-			g.npending -= len(ws)
-			for _, w := range ws {
-				if w.from.alive() {
-					g.linkPeers(w.from, cands, w.first, w.last)
-				}
-			}
+			g.linkPending(peer, cands)
 			continue
 		}
 		keep := ws[:0]
@@ -453,12 +480,12 @@ func (g *Graph) settlePending(now int64) {
 				keep = append(keep, w)
 			}
 		}
-		g.npending -= len(ws) - len(keep)
 		if len(keep) == 0 {
-			delete(g.pending, peer)
-		} else {
-			g.pending[peer] = keep
+			g.dropPending(peer)
+			continue
 		}
+		g.npending -= len(ws) - len(keep)
+		g.pending[peer] = keep
 	}
 }
 

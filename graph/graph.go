@@ -184,8 +184,11 @@ type Graph struct {
 	hostAddrs map[string][]string // host → its announced ips
 	errs      map[*node]struct{}  // error nodes, kept out of the LRU
 	// waits on peers no known rank has announced yet, by peer address
-	pending  map[string][]pendingWait
-	npending int
+	pending map[string][]pendingWait
+	// pendingIPs indexes pending by the peer's ip, so an announced host
+	// address resolves its own waits without a scan of all of them.
+	pendingIPs map[string]map[string]struct{}
+	npending   int
 
 	nodes lruNodes
 	edges lruEdges
@@ -211,18 +214,19 @@ type host struct {
 func New(opts Options) *Graph {
 	o := opts.withDefaults()
 	return &Graph{
-		opts:      o,
-		ttl:       o.TTL.Milliseconds(),
-		etl:       o.ErrorTTL.Milliseconds(),
-		skew:      o.MaxSkew.Milliseconds(),
-		hosts:     make(map[string]*host),
-		jobs:      make(map[string]*node),
-		addrs:     make(map[string][]*node),
-		ips:       make(map[string][]*node),
-		hostIPs:   make(map[string]string),
-		hostAddrs: make(map[string][]string),
-		errs:      make(map[*node]struct{}),
-		pending:   make(map[string][]pendingWait),
+		opts:       o,
+		ttl:        o.TTL.Milliseconds(),
+		etl:        o.ErrorTTL.Milliseconds(),
+		skew:       o.MaxSkew.Milliseconds(),
+		hosts:      make(map[string]*host),
+		jobs:       make(map[string]*node),
+		addrs:      make(map[string][]*node),
+		ips:        make(map[string][]*node),
+		hostIPs:    make(map[string]string),
+		hostAddrs:  make(map[string][]string),
+		errs:       make(map[*node]struct{}),
+		pending:    make(map[string][]pendingWait),
+		pendingIPs: make(map[string]map[string]struct{}),
 	}
 }
 
