@@ -3,8 +3,6 @@ package graphsvc
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -19,6 +17,7 @@ import (
 
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/graph"
+	"github.com/ark-gpu/ark/graphsvc/agents"
 	"github.com/ark-gpu/ark/link"
 )
 
@@ -313,16 +312,8 @@ type FixRequest struct {
 // authorized reports whether r carries the hub's bearer token. Comparing
 // digests keeps the time independent of both the content and the length.
 func (h *Hub) authorized(r *http.Request) bool {
-	if h.opts.Token == "" {
-		return false
-	}
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok {
-		return false
-	}
-	a := sha256.Sum256([]byte(strings.TrimSpace(got)))
-	b := sha256.Sum256([]byte(h.opts.Token))
-	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
+	return ok && agents.BearerToken(h.opts.Token).Matches(strings.TrimSpace(got))
 }
 
 func (h *Hub) fixFailed(w http.ResponseWriter, code int, result, msg string) {

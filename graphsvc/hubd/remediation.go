@@ -2,8 +2,6 @@ package hubd
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +16,7 @@ import (
 	"github.com/ark-gpu/ark/exporter/audit"
 	"github.com/ark-gpu/ark/graph"
 	"github.com/ark-gpu/ark/graphsvc"
+	"github.com/ark-gpu/ark/graphsvc/agents"
 	"github.com/ark-gpu/ark/remediator"
 )
 
@@ -163,19 +162,14 @@ func readBasicAuth(path string) (map[string]string, error) {
 	return users, nil
 }
 
-func equal(a, b string) bool {
-	x, y := sha256.Sum256([]byte(a)), sha256.Sum256([]byte(b))
-	return subtle.ConstantTimeCompare(x[:], y[:]) == 1
-}
-
 // authFunc accepts the hub's bearer token or a basic-auth user.
 func authFunc(token string, users map[string]string) func(user, pass, bearer string) bool {
 	return func(user, pass, bearer string) bool {
 		if bearer != "" {
-			return equal(bearer, token)
+			return agents.BearerToken(token).Matches(bearer)
 		}
 		want, ok := users[user]
-		return ok && equal(pass, want)
+		return ok && agents.BearerToken(want).Matches(pass)
 	}
 }
 
