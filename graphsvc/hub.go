@@ -131,6 +131,9 @@ type Hub struct {
 
 	mu    sync.Mutex
 	hosts map[string]*hostState
+	// unlinked holds the hosts without a live agent link, the only ones
+	// that can be stale: why and ps check these, not every host.
+	unlinked map[string]*hostState
 }
 
 // hostState is the hub's view of one host.
@@ -163,6 +166,7 @@ func New(opts Options) (*Hub, error) {
 		gatherer: gat,
 		recent:   newRing(o.RecentEvents),
 		hosts:    make(map[string]*hostState),
+		unlinked: make(map[string]*hostState),
 	}
 	m := newMetrics(h)
 	if reg != nil {
@@ -249,7 +253,9 @@ func (h *Hub) host(node string) *hostState {
 	st := h.hosts[node]
 	if st == nil {
 		st = &hostState{}
-		h.hosts[strings.Clone(node)] = st
+		node = strings.Clone(node)
+		h.hosts[node] = st
+		h.unlinked[node] = st
 	}
 	return st
 }
@@ -261,6 +267,7 @@ func (h *Hub) AgentConnected(node string, addrs []string) {
 	h.mu.Lock()
 	st := h.host(node)
 	st.viaLink, st.connected = true, true
+	delete(h.unlinked, node)
 	st.addrs = slices.Clone(addrs)
 	st.since, st.lastSeen = now, now
 	h.mu.Unlock()
@@ -276,6 +283,7 @@ func (h *Hub) AgentDisconnected(node string) {
 	h.mu.Lock()
 	if st := h.hosts[node]; st != nil {
 		st.connected = false
+		h.unlinked[strings.Clone(node)] = st
 	}
 	h.mu.Unlock()
 	h.log.Debug("agent disconnected", "node", node)
@@ -296,7 +304,7 @@ func (h *Hub) StaleHosts(nodes map[string]bool) []string {
 	now := h.opts.Now()
 	out := []string{}
 	h.mu.Lock()
-	for name, st := range h.hosts {
+	for name, st := range h.unlinked {
 		if nodes != nil && !nodes[name] {
 			continue
 		}
@@ -351,15 +359,12 @@ func (h *Hub) agentCounts() (connected, stale int) {
 	now := h.opts.Now()
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for _, st := range h.hosts {
-		if st.connected {
-			connected++
-		}
+	for _, st := range h.unlinked {
 		if h.staleLocked(st, now) {
 			stale++
 		}
 	}
-	return connected, stale
+	return len(h.hosts) - len(h.unlinked), stale
 }
 
 // Run keeps the graph settled until ctx ends; the hub reports ready while

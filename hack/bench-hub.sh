@@ -57,7 +57,7 @@ curl -sf "127.0.0.1:$port/readyz" >/dev/null || { echo "bench-hub: the hub is no
 
 echo "hub: pid $hub on 127.0.0.1:$port, --memory-limit $mem_limit; hubsim -agents $agents -steady ${secs}s ${HUBSIM_FLAGS:-}"
 # shellcheck disable=SC2086 # HUBSIM_FLAGS is a list of flags
-"$tmp/hubsim" -hub "http://127.0.0.1:$port" -token-file "$tmp/token" -hub-pid "$hub" \
+nice -n "${HUBSIM_NICE:-0}" "$tmp/hubsim" -hub "http://127.0.0.1:$port" -token-file "$tmp/token" -hub-pid "$hub" \
 	-agents "$agents" -steady "${secs}s" ${HUBSIM_FLAGS:-} >"$tmp/report" &
 sim=$!
 # Fail fast when the hub dies under the load.
@@ -73,7 +73,9 @@ while kill -0 "$sim" 2>/dev/null; do
 		(
 			end=$((SECONDS + secs - 4))
 			while ((SECONDS < end)); do
-				curl -s -o /dev/null -w '%{time_total}\n' "127.0.0.1:$port/api/v1/why?job_id=train%2Fjob-0" >>"$tmp/curl-why" || true
+				t=$EPOCHREALTIME
+				l=$(curl -s -o /dev/null -w '%{time_total}' "127.0.0.1:$port/api/v1/why?job_id=train%2Fjob-0") || true
+				echo "$l $t" >>"$tmp/curl-why"
 				sleep 0.05
 			done
 		) &
@@ -95,6 +97,7 @@ wait "$sim" || rc=$?
 sim=
 cat "$tmp/report"
 if [[ -s $tmp/curl-why ]]; then
+	[[ -n ${PROFILE_DIR:-} ]] && cp "$tmp/curl-why" "$tmp/hub.log" "$PROFILE_DIR/"
 	sort -n "$tmp/curl-why" | awk '{v[NR]=$1} END {
 		i = int(NR*0.99)+1; if (i > NR) i = NR
 		printf "steady: why job_id=train/job-0 from a separate client (curl): p50 %.2f ms, p99 %.2f ms, max %.2f ms over %d queries (target p99 <= 5 ms: %s)\n",

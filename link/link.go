@@ -115,8 +115,12 @@ func Decode(b []byte) (Frame, error) {
 func DecodeInto(b []byte, f *Frame) error {
 	clear(f.Events[:cap(f.Events)])
 	*f = Frame{Events: f.Events[:0]}
-	if err := json.Unmarshal(b, f); err != nil {
-		return fmt.Errorf("%w: %w", ErrBadFrame, err)
+	if !decodeFast(b, f) {
+		clear(f.Events[:cap(f.Events)])
+		*f = Frame{Events: f.Events[:0]}
+		if err := decodeSlow(b, f); err != nil {
+			return fmt.Errorf("%w: %w", ErrBadFrame, err)
+		}
 	}
 	switch f.Type {
 	case TypeHello:

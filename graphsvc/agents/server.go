@@ -453,7 +453,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ws.SetReadLimit(link.MaxFrameBytes)
-	ss.ws = ws
+	ss.ws, ss.raw = ws, raw
 	// Frames are read without a context (a context per read costs an
 	// allocation and a registration each): the server's end closes the
 	// connection instead, which ends the read.

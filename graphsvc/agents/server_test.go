@@ -456,6 +456,51 @@ func (h *handler) HandleCommand(ctx context.Context, cmd link.Command) link.Resu
 	return link.Result{PID: cmd.PID, JobID: cmd.JobID, Action: cmd.Action, Result: "success", Details: "by " + cmd.User}
 }
 
+// Acks are bounded by a write deadline on the connection; once written,
+// the deadline must not stay behind for the library's pongs and the
+// hub's commands on a link that then goes quiet.
+func TestAQuietLinkAfterAnAckStillAnswersPingsAndTakesCommands(t *testing.T) {
+	h := startHub(t, "", agents.Options{WriteTimeout: 50 * time.Millisecond})
+	ws := dialRaw(t, h.url(), "n1")
+	sendRaw(t, ws, &link.Frame{Type: link.TypeEvents, Seq: 1, Events: []event.Event{{TS: t0, Type: event.ComputeUtil, EntityID: "gpu-0", PID: 1, Value: "5"}}})
+	_, b, err := ws.Read(context.Background())
+	if f, derr := link.Decode(b); err != nil || derr != nil || f.Type != link.TypeAck || f.Seq != 1 {
+		t.Fatalf("got %s (%v, %v), want ack 1", b, err, derr)
+	}
+	time.Sleep(200 * time.Millisecond) // four write timeouts
+	// Reading in the background lets the client see the pong and the command.
+	frames := make(chan link.Frame, 4)
+	go func() {
+		for {
+			_, b, err := ws.Read(context.Background())
+			if err != nil {
+				close(frames)
+				return
+			}
+			if f, err := link.Decode(b); err == nil {
+				frames <- f
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := ws.Ping(ctx); err != nil {
+		t.Fatalf("ping after a quiet spell: %v", err)
+	}
+	go func() { _, _ = h.srv.Dispatch(ctx, "n1", link.Command{ID: "c1", Intent: "fix", PID: 1, Action: "Signal"}) }()
+	select {
+	case f, ok := <-frames:
+		if !ok || f.Type != link.TypeCommand || f.Command.ID != "c1" {
+			t.Fatalf("got %+v (open %v), want command c1", f, ok)
+		}
+	case <-ctx.Done():
+		t.Fatal("no command within 5s")
+	}
+	if got := h.rejected("write"); got != 0 {
+		t.Errorf("rejected{write} = %v", got)
+	}
+}
+
 func TestDispatchReachesTheAgentsCommandHandler(t *testing.T) {
 	h := startHub(t, "", agents.Options{})
 	hd := &handler{release: make(chan struct{})}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,7 @@ import (
 type session struct {
 	s    *Server
 	ws   *websocket.Conn
+	raw  net.Conn // the connection under ws, for write deadlines
 	node string
 	seen atomic.Int64  // unix ns of the last frame or ping
 	done chan struct{} // closed when the session has ended
@@ -41,6 +43,8 @@ type session struct {
 	mu      sync.Mutex
 	ended   bool
 	pending map[string]chan link.Result
+
+	ackBuf [48]byte // the ack being written; only the read loop writes acks
 }
 
 func (ss *session) touch() { ss.seen.Store(ss.s.opts.Now().UnixNano()) }
@@ -170,7 +174,7 @@ func (ss *session) run(identity, remote string) {
 			ss.reject(v.rejectReason, v.rejectMsg)
 			return
 		case v.ack:
-			if err := ss.write(ss.ctx, &link.Frame{Type: link.TypeAck, Seq: v.seq}); err != nil {
+			if err := ss.writeAck(v.seq); err != nil {
 				// An agent that went away mid-batch is not the hub's
 				// problem; it resends what was not acknowledged.
 				lvl := slog.LevelWarn
@@ -320,6 +324,28 @@ func (ss *session) write(ctx context.Context, f *link.Frame) error {
 	defer cancel()
 	if err := ss.ws.Write(wctx, websocket.MessageText, b); err != nil {
 		return fmt.Errorf("writing a %s frame: %w", f.Type, err)
+	}
+	return nil
+}
+
+// writeAck acknowledges the agent's batches up to seq. It is the link's
+// hot path, one write per batch: the frame is encoded by hand and the
+// write is bounded by a deadline on the connection, where a context would
+// cost a timer and a registration on every ack.
+func (ss *session) writeAck(seq uint64) error {
+	if ss.raw == nil {
+		return ss.write(ss.ctx, &link.Frame{Type: link.TypeAck, Seq: seq})
+	}
+	b := append(ss.ackBuf[:0], `{"type":"ack","seq":`...)
+	b = strconv.AppendUint(b, seq, 10)
+	b = append(b, '}')
+	_ = ss.raw.SetWriteDeadline(time.Now().Add(ss.s.opts.WriteTimeout))
+	err := ss.ws.Write(context.Background(), websocket.MessageText, b)
+	// Cleared again: the websocket library's own pongs and close frames
+	// must not meet a deadline that passed while the link was quiet.
+	_ = ss.raw.SetWriteDeadline(time.Time{})
+	if err != nil {
+		return fmt.Errorf("writing an ack frame: %w", err)
 	}
 	return nil
 }

@@ -29,7 +29,7 @@ import (
 const tickEvery = 250 * time.Millisecond
 
 // driveSlices spreads the hosts' ticks over the tick period.
-const driveSlices = 10
+const driveSlices = 250
 
 // sim is one simulation run.
 type sim struct {
