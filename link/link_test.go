@@ -60,8 +60,8 @@ func TestTheFastPathDecodesWhatEncodingJSONDecodes(t *testing.T) {
 func TestUnusualFramesTakeTheSlowPath(t *testing.T) {
 	for _, in := range []string{
 		`{"type":"hello","v":1,"node":"n1","addrs":["10.0.0.1"]}`, // other fields
-		`{"Type":"events","events":[]}`,                            // encoding/json matches keys in any case
-		`{"type":"ev\u0065nts","events":[]}`,                       // escapes
+		`{"Type":"events","events":[]}`,                           // encoding/json matches keys in any case
+		`{"type":"ev\u0065nts","events":[]}`,                      // escapes
 		`{"type":"events","events":null}`,
 		`{"type":"events","type":"ack"}`, // repeated key: the last wins there
 		`{"type":"events","seq":-1}`,

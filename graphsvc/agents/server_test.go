@@ -487,7 +487,9 @@ func TestAQuietLinkAfterAnAckStillAnswersPingsAndTakesCommands(t *testing.T) {
 	if err := ws.Ping(ctx); err != nil {
 		t.Fatalf("ping after a quiet spell: %v", err)
 	}
-	go func() { _, _ = h.srv.Dispatch(ctx, "n1", link.Command{ID: "c1", Intent: "fix", PID: 1, Action: "Signal"}) }()
+	go func() {
+		_, _ = h.srv.Dispatch(ctx, "n1", link.Command{ID: "c1", Intent: "fix", PID: 1, Action: "Signal"})
+	}()
 	select {
 	case f, ok := <-frames:
 		if !ok || f.Type != link.TypeCommand || f.Command.ID != "c1" {
