@@ -195,9 +195,13 @@ func (g *Graph) advance(ts int64) int64 {
 // IsStuckState reports whether a process.state value means the process is
 // not making progress.
 func IsStuckState(v string) bool {
-	switch strings.ToLower(strings.TrimSpace(v)) {
-	case "d", "stalled", "stuck", "hung":
-		return true
+	v = strings.TrimSpace(v)
+	// EqualFold: the walk asks this of every waiting rank, and ToLower of
+	// "D" allocates.
+	for _, s := range [...]string{"d", "stalled", "stuck", "hung"} {
+		if strings.EqualFold(v, s) {
+			return true
+		}
 	}
 	return false
 }

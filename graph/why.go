@@ -133,6 +133,10 @@ type walker struct {
 	queue []int32
 	// inferred same-host links: resource seen index → process seen indexes
 	virtIn map[int32][]int32
+	// storage reused across walks: candidates, and an arena for the
+	// per-candidate index slices (waiters, reverse walks)
+	cands []candidate
+	ints  []int32
 }
 
 // walkers recycles walk state: Why runs often on a large heap, and its
@@ -143,8 +147,23 @@ func (w *walker) release() {
 	clear(w.idx)
 	clear(w.seen)
 	clear(w.src)
-	*w = walker{idx: w.idx, seen: w.seen[:0], src: w.src[:0], queue: w.queue[:0]}
+	clear(w.cands[:cap(w.cands)])
+	*w = walker{idx: w.idx, seen: w.seen[:0], src: w.src[:0], queue: w.queue[:0], cands: w.cands[:0], ints: w.ints[:0]}
 	walkers.Put(w)
+}
+
+// alloc returns n zeroed int32s from the walk's arena. A full arena is
+// replaced by a bigger one; slices already handed out keep the old one
+// alive until the walk ends, and the pool keeps the newest.
+func (w *walker) alloc(n int) []int32 {
+	if cap(w.ints)-len(w.ints) < n {
+		w.ints = make([]int32, 0, max(2*cap(w.ints), 2*n, 4096))
+	}
+	i := len(w.ints)
+	w.ints = w.ints[:i+n]
+	s := w.ints[i : i+n : i+n]
+	clear(s)
+	return s
 }
 
 // isSrc reports whether seen index i is a source: sources are visited first.
@@ -354,7 +373,8 @@ type candidate struct {
 
 func (w *walker) candidates() []candidate {
 	g := w.g
-	var cs []candidate
+	cs := w.cands[:0]
+	defer func() { w.cands = cs[:0] }()
 	for _, n := range w.seen {
 		switch {
 		case n.kind == KindError:
@@ -393,7 +413,7 @@ func (w *walker) symptom(r *node) (candidate, bool) {
 		return candidate{}, false
 	}
 	var first, last int64
-	var waiters []int32
+	queue := w.queue[:0] // scratch: reverse walks come later
 	for _, e := range r.in {
 		if e.typ != WaitsOn || !g.edgeAliveHold(e, w.at, w.hold) {
 			continue
@@ -403,7 +423,7 @@ func (w *walker) symptom(r *node) (candidate, bool) {
 		if !ok || p.kind != KindProcess || !IsStuckState(p.proc.state) {
 			continue
 		}
-		waiters = append(waiters, pi)
+		queue = append(queue, pi)
 		if first == 0 || e.first < first {
 			first = e.first
 		}
@@ -411,9 +431,12 @@ func (w *walker) symptom(r *node) (candidate, bool) {
 			last = e.last
 		}
 	}
-	if len(waiters) == 0 {
+	w.queue = queue
+	if len(queue) == 0 {
 		return candidate{}, false
 	}
+	waiters := w.alloc(len(queue))
+	copy(waiters, queue)
 	return candidate{n: r, weight: symptomWeight, onset: first, last: last, sym: true, waiters: waiters}, true
 }
 
@@ -627,8 +650,7 @@ func explained(waiters []int32, actionable [][]int32) bool {
 // the target's processes that reach c. next[i] is the index of the node one
 // hop closer to c from seen[i] (-1: does not reach it); dist[i] the hops.
 func (w *walker) reverse(c *node) (next, dist []int32, reached int) {
-	next = make([]int32, 2*len(w.seen))
-	next, dist = next[:len(w.seen)], next[len(w.seen):]
+	next, dist = w.alloc(len(w.seen)), w.alloc(len(w.seen))
 	for i := range next {
 		next[i] = -1
 	}

@@ -40,7 +40,7 @@ port=$((20000 + RANDOM % 10000))
 # As deployed: a 512Mi container with the Go runtime's soft limit at 90% of
 # it (HUB_MEMORY_LIMIT bytes; 0 turns it off).
 mem_limit=${HUB_MEMORY_LIMIT:-$((460 << 20))}
-"$tmp/ark" hub --web.listen-address "127.0.0.1:$port" --token-file "$tmp/token" --log.level info --memory-limit "$mem_limit" ${HUB_FLAGS:-} 2>"$tmp/hub.log" &
+env ${HUB_ENV:-} "$tmp/ark" hub --web.listen-address "127.0.0.1:$port" --token-file "$tmp/token" --log.level info --memory-limit "$mem_limit" ${HUB_FLAGS:-} 2>"$tmp/hub.log" &
 hub=$!
 
 hub_died() {
@@ -85,9 +85,11 @@ while kill -0 "$sim" 2>/dev/null; do
 		mkdir -p "$PROFILE_DIR"
 		curl -sf "127.0.0.1:$port/debug/pprof/heap" -o "$PROFILE_DIR/heap.pb.gz" || true
 		curl -sf "127.0.0.1:$port/debug/pprof/goroutine" -o "$PROFILE_DIR/goroutine.pb.gz" || true
+		# The CPU profile runs during the trace, which then holds CPU samples.
+		curl -sf "127.0.0.1:$port/debug/pprof/profile?seconds=5" -o "$PROFILE_DIR/cpu.pb.gz" &
 		curl -sf "127.0.0.1:$port/debug/pprof/trace?seconds=3" -o "$PROFILE_DIR/trace.out" || true
 		curl -sf "127.0.0.1:$port/debug/pprof/heap" -o "$PROFILE_DIR/heap-later.pb.gz" || true
-		curl -sf "127.0.0.1:$port/debug/pprof/profile?seconds=5" -o "$PROFILE_DIR/cpu.pb.gz" || true
+		wait $! || true
 		curl -sf "127.0.0.1:$port/metrics" -o "$PROFILE_DIR/metrics.txt" || true
 		cp "$tmp/ark" "$PROFILE_DIR/ark"
 	fi
