@@ -51,22 +51,42 @@ func (g *Graph) Processes(f ProcessFilter) []Process {
 	defer g.mu.RUnlock()
 	at := g.clock
 	var out []Process
-	for name, h := range g.hosts {
-		if f.Node != "" && name != f.Node {
-			continue
+	add := func(n *node) {
+		if f.PID != 0 && n.proc.pid != f.PID {
+			return
 		}
-		for pid, n := range h.procs {
-			if f.PID != 0 && pid != f.PID {
-				continue
+		if f.Node != "" && (n.host == nil || n.host.name != f.Node) {
+			return
+		}
+		if n.last < at-g.ttl && !g.usesFaulted(n, at) {
+			return
+		}
+		out = append(out, g.process0(n, at))
+	}
+	switch {
+	case f.JobID != "":
+		// A job's ranks are its MemberOf edges (kept while the rank is
+		// live), not a scan of every process of every host.
+		j := g.jobs[f.JobID]
+		if j == nil {
+			return nil
+		}
+		for _, e := range j.in {
+			if e.typ == MemberOf && e.from.proc.job == j {
+				add(e.from)
 			}
-			if n.last < at-g.ttl && !g.usesFaulted(n, at) {
-				continue
+		}
+	case f.Node != "":
+		if h := g.hosts[f.Node]; h != nil {
+			for _, n := range h.procs {
+				add(n)
 			}
-			p := g.process0(n, at)
-			if f.JobID != "" && p.JobID != f.JobID {
-				continue
+		}
+	default:
+		for _, h := range g.hosts {
+			for _, n := range h.procs {
+				add(n)
 			}
-			out = append(out, p)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool {
@@ -75,6 +95,31 @@ func (g *Graph) Processes(f ProcessFilter) []Process {
 		}
 		return out[i].PID < out[j].PID
 	})
+	return out
+}
+
+// JobHosts returns the hosts the live ranks of a job run on, unsorted.
+func (g *Graph) JobHosts(jobID string) []string {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	j := g.jobs[jobID]
+	if j == nil {
+		return nil
+	}
+	at := g.clock
+	var out []string
+	seen := map[*host]bool{}
+	for _, e := range j.in {
+		n := e.from
+		if e.typ != MemberOf || n.proc.job != j || n.host == nil || seen[n.host] {
+			continue
+		}
+		if n.last < at-g.ttl && !g.usesFaulted(n, at) {
+			continue
+		}
+		seen[n.host] = true
+		out = append(out, n.host.name)
+	}
 	return out
 }
 

@@ -147,8 +147,9 @@ func (h *Hub) Why(t graph.Target, at int64) (WhyResponse, error) {
 }
 
 // staleIn returns the stale hosts that the target runs on or a cause
-// names. It checks only the stale hosts, which are few, rather than
-// listing every process of the target.
+// names: the stale hosts (those without a live link) met with the job's
+// hosts, never a listing per stale host — in a partition thousands are
+// stale.
 func (h *Hub) staleIn(t graph.Target, res graph.Result) []string {
 	stale := h.StaleHosts(nil)
 	if len(stale) == 0 {
@@ -156,15 +157,20 @@ func (h *Hub) staleIn(t graph.Target, res graph.Result) []string {
 	}
 	named := map[string]bool{t.Node: true}
 	for _, c := range res.Causes {
-		named[c.NodeID] = true
+		named[hostOf(c.NodeID)] = true
 		for _, hop := range c.Chain {
 			named[hostOf(hop.From)] = true
 			named[hostOf(hop.To)] = true
 		}
 	}
+	if t.JobID != "" {
+		for _, host := range h.g.JobHosts(t.JobID) {
+			named[host] = true
+		}
+	}
 	out := stale[:0]
 	for _, s := range stale {
-		if named[s] || (t.JobID != "" && len(h.g.Processes(graph.ProcessFilter{Node: s, JobID: t.JobID})) > 0) {
+		if named[s] {
 			out = append(out, s)
 		}
 	}

@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -539,9 +541,25 @@ ark_hub_agents{state="stale"} 1
 		t.Error(err)
 	}
 
+	// A partition: far more hosts stale than the job spans (the job's
+	// hosts are then listed once, not asked per stale host). Only the
+	// job's own stale host is named.
+	for i := range 40 {
+		n := fmt.Sprintf("other-%02d", i)
+		th.AgentConnected(n, nil)
+		th.AgentDisconnected(n)
+	}
+	th.get(t, "/api/v1/why?job_id="+scenarioJob, &res)
+	if len(res.StaleHosts) != 1 || res.StaleHosts[0] != "node-3" {
+		t.Errorf("why stale_hosts with 41 stale hosts: %v, want [node-3]", res.StaleHosts)
+	}
+	if n := len(th.StaleHosts(nil)); n != 41 {
+		t.Errorf("%d stale hosts, want 41", n)
+	}
+
 	th.AgentConnected("node-3", nil)
-	if s := th.StaleHosts(nil); len(s) != 0 {
-		t.Errorf("stale after reconnecting: %v", s)
+	if s := th.StaleHosts(nil); slices.Contains(s, "node-3") || len(s) != 40 {
+		t.Errorf("stale after node-3 reconnected: %v", s)
 	}
 }
 

@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 agents=${1:-10000}
 secs=${2:-40}
 tmp=$(mktemp -d)
-hub= sim=
+hub= sim= probe=
 cleanup() {
 	[[ -n $sim ]] && kill "$sim" 2>/dev/null || true
 	if [[ -n $hub ]] && kill "$hub" 2>/dev/null; then
@@ -35,6 +35,7 @@ fi
 
 go build -o "$tmp/ark" ./cmd/ark
 go build -o "$tmp/hubsim" ./hack/hubsim
+go build -o "$tmp/whyprobe" ./hack/whyprobe
 od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$tmp/token"
 port=$((20000 + RANDOM % 10000))
 # As deployed: a 512Mi container with the Go runtime's soft limit at 90% of
@@ -66,19 +67,12 @@ while kill -0 "$sim" 2>/dev/null; do
 	kill -0 "$hub" 2>/dev/null || hub_died
 	sleep 1
 	waited=$((waited + 1))
-	# An operator's client in its own process (curl), asking why during
-	# the steady phase: the latency a user sees, apart from the
-	# simulator's own scheduling.
+	# An operator's client in its own process, asking why during the
+	# steady phase: the latency a user sees, apart from the simulator's own
+	# scheduling.
 	if [[ $waited == 14 ]]; then
-		(
-			end=$((SECONDS + secs - 4))
-			while ((SECONDS < end)); do
-				t=$EPOCHREALTIME
-				l=$(curl -s -o /dev/null -w '%{time_total}' "127.0.0.1:$port/api/v1/why?job_id=train%2Fjob-0") || true
-				echo "$l $t" >>"$tmp/curl-why"
-				sleep 0.05
-			done
-		) &
+		nice -n "${PROBE_NICE:-0}" "$tmp/whyprobe" -url "http://127.0.0.1:$port/api/v1/why?job_id=train%2Fjob-0" -for "$((secs - 4))s" ${PROBE_FLAGS:-} >"$tmp/probe" 2>&1 &
+		probe=$!
 	fi
 	# Connecting takes about 10 s; then the steady phase runs $secs.
 	if [[ -n ${PROFILE_DIR:-} && $waited == $((15 + secs / 2)) ]]; then
@@ -98,13 +92,11 @@ rc=0
 wait "$sim" || rc=$?
 sim=
 cat "$tmp/report"
-if [[ -s $tmp/curl-why ]]; then
-	[[ -n ${PROFILE_DIR:-} ]] && cp "$tmp/curl-why" "$tmp/hub.log" "$PROFILE_DIR/"
-	sort -n "$tmp/curl-why" | awk '{v[NR]=$1} END {
-		i = int(NR*0.99)+1; if (i > NR) i = NR
-		printf "steady: why job_id=train/job-0 from a separate client (curl): p50 %.2f ms, p99 %.2f ms, max %.2f ms over %d queries (target p99 <= 5 ms: %s)\n",
-			v[int(NR*0.5)+1]*1000, v[i]*1000, v[NR]*1000, NR, (v[i] <= 0.005 ? "met" : "MISSED") }'
+[[ -n $probe ]] && { wait "$probe" || true; }
+if [[ -s $tmp/probe ]]; then
+	sed 's|^|steady: why job_id=train/job-0 from a separate client process (whyprobe), |' "$tmp/probe"
 fi
+if [[ -n ${KEEP_DIR:-} ]]; then mkdir -p "$KEEP_DIR" && cp "$tmp/hub.log" "$KEEP_DIR/"; fi
 kill -0 "$hub" 2>/dev/null || hub_died
 echo "folding ratio (events in per event forwarded): measured by the forwarder's benchmark," \
 	"go test -run '^\$' -bench BenchmarkFoldSteadyLoad ./exporter/forwarder/ (metric in/forwarded)"

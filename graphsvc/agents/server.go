@@ -186,6 +186,7 @@ func NewServer(opts Options) (*Server, error) {
 	if opts.CommandTimeout <= 0 {
 		opts.CommandTimeout = time.Minute
 	}
+
 	if opts.Forget <= 0 {
 		opts.Forget = time.Hour
 	}
@@ -332,6 +333,7 @@ func (s *Server) worker() {
 		select {
 		case f := <-s.work:
 			f() // f recovers its own panics (session.run)
+			runtime.Gosched()
 		case <-s.ctx.Done():
 			return
 		}
