@@ -15,9 +15,10 @@ cd "$(dirname "$0")/.."
 agents=${1:-10000}
 secs=${2:-40}
 tmp=$(mktemp -d)
-hub= sim= probe=
+hub= sim= probe= probe_phase=
 cleanup() {
 	[[ -n $sim ]] && kill "$sim" 2>/dev/null || true
+	[[ -n $probe ]] && kill "$probe" 2>/dev/null || true
 	if [[ -n $hub ]] && kill "$hub" 2>/dev/null; then
 		wait "$hub" 2>/dev/null || true
 	fi
@@ -40,7 +41,7 @@ od -An -N24 -tx1 /dev/urandom | tr -d ' \n' >"$tmp/token"
 port=$((20000 + RANDOM % 10000))
 # As deployed: a 512Mi container with the Go runtime's soft limit at 90% of
 # it (HUB_MEMORY_LIMIT bytes; 0 turns it off).
-mem_limit=${HUB_MEMORY_LIMIT:-$((460 << 20))}
+mem_limit=${HUB_MEMORY_LIMIT:-$((440 << 20))}
 env ${HUB_ENV:-} "$tmp/ark" hub --web.listen-address "127.0.0.1:$port" --token-file "$tmp/token" --log.level info --memory-limit "$mem_limit" ${HUB_FLAGS:-} 2>"$tmp/hub.log" &
 hub=$!
 
@@ -58,24 +59,38 @@ curl -sf "127.0.0.1:$port/readyz" >/dev/null || { echo "bench-hub: the hub is no
 
 echo "hub: pid $hub on 127.0.0.1:$port, --memory-limit $mem_limit; hubsim -agents $agents -steady ${secs}s ${HUBSIM_FLAGS:-}"
 # shellcheck disable=SC2086 # HUBSIM_FLAGS is a list of flags
-nice -n "${HUBSIM_NICE:-0}" "$tmp/hubsim" -hub "http://127.0.0.1:$port" -token-file "$tmp/token" -hub-pid "$hub" \
-	-agents "$agents" -steady "${secs}s" ${HUBSIM_FLAGS:-} >"$tmp/report" &
+nice -n "${HUBSIM_NICE:-19}" "$tmp/hubsim" -hub "http://127.0.0.1:$port" -token-file "$tmp/token" -hub-pid "$hub" \
+	-agents "$agents" -steady "${secs}s" ${HUBSIM_FLAGS:-} >"$tmp/report" 2> >(tee "$tmp/sim.log" >&2) &
 sim=$!
+# stop_probe ends the running why prober, which then prints its numbers.
+stop_probe() {
+	if [[ -n $probe ]]; then
+		kill -TERM "$probe" 2>/dev/null || true
+		wait "$probe" 2>/dev/null || true
+		probe=
+	fi
+}
 # Fail fast when the hub dies under the load.
 waited=0
 while kill -0 "$sim" 2>/dev/null; do
 	kill -0 "$hub" 2>/dev/null || hub_died
-	sleep 1
+	sleep 0.5
 	waited=$((waited + 1))
-	# An operator's client in its own process, asking why during the
-	# steady phase: the latency a user sees, apart from the simulator's own
+	# An operator's client in its own process, asking why through each
+	# phase: the latency a user sees, apart from the simulator's own
 	# scheduling.
-	if [[ $waited == 14 ]]; then
-		nice -n "${PROBE_NICE:-0}" "$tmp/whyprobe" -url "http://127.0.0.1:$port/api/v1/why?job_id=train%2Fjob-0" -for "$((secs - 4))s" ${PROBE_FLAGS:-} >"$tmp/probe" 2>&1 &
-		probe=$!
-	fi
+	for phase in steady overload; do
+		if [[ ! -e $tmp/probe-$phase ]] && grep -q "msg=\"$phase phase\"" "$tmp/sim.log"; then
+			nice -n "${PROBE_NICE:-0}" "$tmp/whyprobe" -url "http://127.0.0.1:$port/api/v1/why?job_id=train%2Fjob-0" \
+				${PROBE_FLAGS:-} >"$tmp/probe-$phase" 2>&1 &
+			probe=$! probe_phase=$phase
+		fi
+		if [[ -n $probe && $probe_phase == "$phase" ]] && grep -q "msg=\"$phase phase done\"" "$tmp/sim.log"; then
+			stop_probe
+		fi
+	done
 	# Connecting takes about 10 s; then the steady phase runs $secs.
-	if [[ -n ${PROFILE_DIR:-} && $waited == $((15 + secs / 2)) ]]; then
+	if [[ -n ${PROFILE_DIR:-} && $waited == $((2 * (15 + secs / 2))) ]]; then
 		mkdir -p "$PROFILE_DIR"
 		curl -sf "127.0.0.1:$port/debug/pprof/heap" -o "$PROFILE_DIR/heap.pb.gz" || true
 		curl -sf "127.0.0.1:$port/debug/pprof/goroutine" -o "$PROFILE_DIR/goroutine.pb.gz" || true
@@ -92,10 +107,10 @@ rc=0
 wait "$sim" || rc=$?
 sim=
 cat "$tmp/report"
-[[ -n $probe ]] && { wait "$probe" || true; }
-if [[ -s $tmp/probe ]]; then
-	sed 's|^|steady: why job_id=train/job-0 from a separate client process (whyprobe), |' "$tmp/probe"
-fi
+stop_probe
+for phase in steady overload; do
+	[[ -s $tmp/probe-$phase ]] && sed "s|^|$phase: why job_id=train/job-0 from a separate client process (whyprobe), |" "$tmp/probe-$phase"
+done
 if [[ -n ${KEEP_DIR:-} ]]; then mkdir -p "$KEEP_DIR" && cp "$tmp/hub.log" "$KEEP_DIR/"; fi
 kill -0 "$hub" 2>/dev/null || hub_died
 echo "folding ratio (events in per event forwarded): measured by the forwarder's benchmark," \

@@ -160,6 +160,7 @@ func (s *sim) run(ctx context.Context) (*report, error) {
 	if rep.Steady, err = s.measure(ctx, cfg.Steady); err != nil {
 		return rep, err
 	}
+	s.log.Info("steady phase done")
 
 	// Overload: some agents send raw samples as fast as acks allow.
 	if cfg.Overload > 0 {
@@ -174,6 +175,7 @@ func (s *sim) run(ctx context.Context) (*report, error) {
 		if err != nil {
 			return rep, err
 		}
+		s.log.Info("overload phase done")
 		s.drain(ctx)
 	}
 
@@ -653,8 +655,11 @@ func (r *report) printWhy(w io.Writer, phase string, s whySummary, ok func(bool)
 		cause = fmt.Sprintf("cause #1 %s/%s xid %d, %d ranks affected", c.NodeID, c.EntityID, c.XID, c.AffectedRanks)
 	}
 	found := s.Last.names(r.WhyExpected)
-	fmt.Fprintf(w, "%s: why job_id=%s (%d ranks): p50 %.2f ms, p99 %.2f ms, max %.2f ms over %d queries, %d errors (target p99 <= 5 ms: %s); %s (injected %s: %s)\n",
-		phase, r.WhyJob, s.Last.Ranks, ms(s.P50), ms(s.P99), ms(s.Max), s.N, s.Errors, ok(s.P99 <= 5*time.Millisecond),
+	// The latency is the simulator's own client, scheduled among its
+	// 10,000 links (and niced by bench-hub.sh): a check that why answers
+	// right under the load. What a user sees is measured by whyprobe.
+	fmt.Fprintf(w, "%s: why job_id=%s (%d ranks) asked from inside the simulator: p50 %.2f ms, p99 %.2f ms, max %.2f ms over %d queries, %d errors; %s (injected %s: %s)\n",
+		phase, r.WhyJob, s.Last.Ranks, ms(s.P50), ms(s.P99), ms(s.Max), s.N, s.Errors,
 		cause, r.WhyExpected, ok(found))
 }
 

@@ -5,6 +5,8 @@
 // process of its own beside the simulated fleet.
 //
 //	whyprobe -url 'http://127.0.0.1:9465/api/v1/why?job_id=train%2Fjob-0' -for 30s
+//
+// Without -for it asks until SIGTERM or SIGINT, then prints.
 package main
 
 import (
@@ -14,23 +16,30 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/signal"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 )
 
 func main() {
 	u := flag.String("url", "", "the why URL to ask")
 	every := flag.Duration("every", 25*time.Millisecond, "pause between queries, per client")
-	d := flag.Duration("for", 30*time.Second, "how long to ask")
+	d := flag.Duration("for", 0, "how long to ask (0: until SIGTERM or SIGINT)")
 	flag.DurationVar(&slow, "slow", 0, "log each query slower than this to stderr, with its time (0: none)")
 	flag.Parse()
 	if *u == "" {
 		fmt.Fprintln(os.Stderr, "whyprobe: -url is required")
 		os.Exit(2)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *d)
-	defer cancel()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if *d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *d)
+		defer cancel()
+	}
 	clients := []struct {
 		name string
 		c    *http.Client
