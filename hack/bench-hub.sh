@@ -3,13 +3,25 @@
 # hack/hubsim, which links AGENTS simulated hosts (default 10,000: 80,000
 # GPUs, jobs of 512 ranks) over loopback WebSockets and sends the folded
 # stream agents would. Prints the hub's sustained ingest rate (steady and
-# overloaded), its RSS, and why latency for a 512-rank job under that load,
-# then checks the hub logged no warnings or errors.
+# overloaded), its RSS, and why latency for a 512-rank job under that load
+# as a separate client process sees it (hack/whyprobe, one kept and one new
+# connection per query), then checks the hub logged no warnings or errors.
+#
+# The simulator stands for 10,000 remote hosts: it runs at nice 19 so that
+# its own CPU (0.6 cores here) does not compete with the hub on the 2 cores
+# they share; the hub and the prober run at the default priority.
 #
 # Usage: hack/bench-hub.sh [AGENTS] [SECONDS]   (SECONDS: the steady phase, default 40)
-# Extra hubsim flags go in HUBSIM_FLAGS, e.g. HUBSIM_FLAGS='-overload 0'.
-# Extra hub flags go in HUB_FLAGS, e.g. HUB_FLAGS=--web.enable-pprof; with PROFILE_DIR set, heap and
-# goroutine profiles are taken there in the middle of the steady phase.
+# Environment:
+#   HUBSIM_FLAGS   extra hubsim flags, e.g. '-overload 0'
+#   HUBSIM_NICE    the simulator's niceness (default 19; 0 to share the CPU equally)
+#   HUB_FLAGS      extra hub flags, e.g. --web.enable-pprof
+#   HUB_ENV        environment for the hub only, e.g. 'GODEBUG=gctrace=1 GOMAXPROCS=4'
+#   HUB_MEMORY_LIMIT  the hub's Go soft memory limit in bytes (default 440 MiB; 0: none)
+#   PROBE_FLAGS    extra whyprobe flags, e.g. '-slow 10ms' (each slower query, timed)
+#   PROBE_NICE     the prober's niceness (default 0)
+#   PROFILE_DIR    heap, goroutine, CPU (5 s) and trace (3 s) profiles taken there mid-steady
+#   KEEP_DIR       the hub's log kept there
 set -euo pipefail
 cd "$(dirname "$0")/.."
 agents=${1:-10000}
