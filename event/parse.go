@@ -594,11 +594,3 @@ func (p *parser) skip(depth int) bool {
 	_, _, ok := p.scalar()
 	return ok
 }
-
-// UnmarshalString is Unmarshal for a line already held as a string: every
-// unescaped string field of ev is a slice of s, nothing is copied. A
-// decoder of a whole batch copies the batch once and parses each event
-// from it.
-func UnmarshalString(s string, ev *Event) error {
-	return parseLine(s, ev)
-}

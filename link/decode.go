@@ -15,47 +15,46 @@ import (
 // the caller then decodes b with encoding/json, which owns the semantics
 // and the error messages; so the fast path decides nothing but speed.
 func decodeFast(b []byte, f *Frame) bool {
-	s := string(b) // the one copy: every string decoded is a slice of it
-	p := scanner{s: s}
-	p.ws()
-	if !p.eat('{') {
+	p := event.NewScanner(string(b)) // the one copy: every string decoded is a slice of it
+	p.Space()
+	if !p.Eat('{') {
 		return false
 	}
 	var seen uint8
-	p.ws()
-	if p.eat('}') {
-		return p.end()
+	p.Space()
+	if p.Eat('}') {
+		return p.End()
 	}
 	for {
-		p.ws()
-		key, ok := p.plainString()
+		p.Space()
+		key, ok := plainString(p)
 		if !ok {
 			return false
 		}
-		p.ws()
-		if !p.eat(':') {
+		p.Space()
+		if !p.Eat(':') {
 			return false
 		}
-		p.ws()
+		p.Space()
 		var bit uint8
 		switch key {
 		case "type":
 			bit = 1
-			v, ok := p.plainString()
+			v, ok := plainString(p)
 			if !ok {
 				return false
 			}
 			f.Type = frameType(v)
 		case "v":
 			bit = 2
-			n, err := strconv.Atoi(p.number())
+			n, err := strconv.Atoi(digits(p))
 			if err != nil {
 				return false
 			}
 			f.V = n
 		case "seq":
 			bit = 4
-			n, err := strconv.ParseUint(p.number(), 10, 64)
+			n, err := strconv.ParseUint(digits(p), 10, 64)
 			if err != nil {
 				return false
 			}
@@ -63,16 +62,16 @@ func decodeFast(b []byte, f *Frame) bool {
 		case "done":
 			bit = 8
 			switch {
-			case p.literal("true"):
+			case p.Lit("true"):
 				f.Done = true
-			case p.literal("false"):
+			case p.Lit("false"):
 				f.Done = false
 			default:
 				return false
 			}
 		case "events":
 			bit = 16
-			if !p.events(f) {
+			if !events(p, f) {
 				return false
 			}
 		default:
@@ -82,12 +81,12 @@ func decodeFast(b []byte, f *Frame) bool {
 			return false
 		}
 		seen |= bit
-		p.ws()
-		if p.eat(',') {
+		p.Space()
+		if p.Eat(',') {
 			continue
 		}
-		if p.eat('}') {
-			return p.end()
+		if p.Eat('}') {
+			return p.End()
 		}
 		return false
 	}
@@ -104,144 +103,67 @@ func frameType(v string) string {
 	return v
 }
 
-type scanner struct {
-	s string
-	i int
-}
-
-func (p *scanner) ws() {
-	for p.i < len(p.s) {
-		switch p.s[p.i] {
-		case ' ', '\t', '\n', '\r':
-			p.i++
-		default:
-			return
-		}
-	}
-}
-
-func (p *scanner) eat(c byte) bool {
-	if p.i < len(p.s) && p.s[p.i] == c {
-		p.i++
-		return true
-	}
-	return false
-}
-
-// end reports whether only whitespace follows.
-func (p *scanner) end() bool {
-	p.ws()
-	return p.i == len(p.s)
-}
-
-func (p *scanner) literal(l string) bool {
-	if len(p.s)-p.i >= len(l) && p.s[p.i:p.i+len(l)] == l {
-		p.i += len(l)
-		return true
-	}
-	return false
-}
-
 // plainString reads a string of printable ASCII without escapes.
-func (p *scanner) plainString() (string, bool) {
-	if !p.eat('"') {
+func plainString(p *event.Scanner) (string, bool) {
+	r := p.Rest()
+	if len(r) == 0 || r[0] != '"' {
 		return "", false
 	}
-	start := p.i
-	for p.i < len(p.s) {
-		c := p.s[p.i]
-		switch {
+	for i := 1; i < len(r); i++ {
+		switch c := r[i]; {
 		case c == '"':
-			p.i++
-			return p.s[start : p.i-1], true
+			p.Advance(i + 1)
+			return r[1:i], true
 		case c == '\\' || c < 0x20 || c >= 0x80:
 			return "", false
 		}
-		p.i++
 	}
 	return "", false
 }
 
-// number returns the digits of an unsigned integer; strconv rejects
-// anything else (an empty token, a fraction is not consumed and fails the
-// frame's grammar next).
-func (p *scanner) number() string {
-	start := p.i
-	for p.i < len(p.s) && p.s[p.i] >= '0' && p.s[p.i] <= '9' {
-		p.i++
+// digits reads the digits of an unsigned integer; strconv refuses an
+// empty token (what a leading zero becomes), and a sign, fraction or
+// exponent fails the grammar next.
+func digits(p *event.Scanner) string {
+	r := p.Rest()
+	n := 0
+	for n < len(r) && r[n] >= '0' && r[n] <= '9' {
+		n++
 	}
-	return p.s[start:p.i]
+	p.Advance(n)
+	if n > 1 && r[0] == '0' {
+		return "" // JSON has no leading zeros
+	}
+	return r[:n]
 }
 
 // events reads an array of event objects into f.Events.
-func (p *scanner) events(f *Frame) bool {
-	if !p.eat('[') {
+func events(p *event.Scanner, f *Frame) bool {
+	if !p.Eat('[') {
 		return false
 	}
-	p.ws()
-	if p.eat(']') {
+	p.Space()
+	if p.Eat(']') {
 		return true
 	}
 	for {
-		p.ws()
-		start := p.i
-		if !p.object() {
-			return false
-		}
+		p.Space()
 		if len(f.Events) == MaxBatch+1 {
 			// DecodeInto refuses the frame for its size; no need to
 			// decode the rest, only to know it is too big.
 			return false
 		}
 		f.Events = append(f.Events, event.Event{})
-		ev := &f.Events[len(f.Events)-1]
-		if event.UnmarshalString(p.s[start:p.i], ev) != nil {
+		if p.Event(&f.Events[len(f.Events)-1]) != nil {
 			return false
 		}
-		p.ws()
-		if p.eat(',') {
+		p.Space()
+		if p.Eat(',') {
 			continue
 		}
-		return p.eat(']')
+		return p.Eat(']')
 	}
 }
-
-// object skips one JSON object, strings and nesting included; what it
-// holds is checked by whoever parses it.
-func (p *scanner) object() bool {
-	if p.i >= len(p.s) || p.s[p.i] != '{' {
-		return false
-	}
-	depth := 0
-	for p.i < len(p.s) {
-		switch p.s[p.i] {
-		case '{', '[':
-			depth++
-			if depth > maxNesting {
-				return false
-			}
-		case '}', ']':
-			depth--
-			if depth == 0 {
-				p.i++
-				return true
-			}
-		case '"':
-			p.i++
-			for p.i < len(p.s) && p.s[p.i] != '"' {
-				if p.s[p.i] == '\\' {
-					p.i++
-				}
-				p.i++
-			}
-		}
-		p.i++
-	}
-	return false
-}
-
-// maxNesting bounds how deep an event's unknown fields may nest.
-const maxNesting = 64
 
 // decodeSlow is encoding/json's decoding of a frame.
 func decodeSlow(b []byte, f *Frame) error {

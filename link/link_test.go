@@ -66,6 +66,7 @@ func TestUnusualFramesTakeTheSlowPath(t *testing.T) {
 		`{"type":"events","type":"ack"}`, // repeated key: the last wins there
 		`{"type":"events","seq":-1}`,
 		`{"type":"events","seq":1.5}`,
+		`{"seq":007}`,                           // found by FuzzDecodeFast: JSON has no leading zeros
 		`{"type":"events","events":[{"ts":1}]}`, // an event the event decoder refuses
 		`{"type":"events","events":[` + evJSON + `,]}`,
 		`{"type":"events"} x`,
@@ -85,6 +86,7 @@ func TestDecodeIntoRefusesWhatItRefusedBefore(t *testing.T) {
 	for in, want := range map[string]error{
 		`{"type":"events","events":[{"ts":1}]}`: ErrBadFrame,
 		`{"type":"events","seq":-1}`:            ErrBadFrame,
+		`{"type":"ack","seq":01}`:               ErrBadFrame,
 		`{"type":"nonsense"}`:                   ErrUnknownType,
 		`{"type":"hello","v":1}`:                ErrBadFrame, // no node
 		`not json`:                              ErrBadFrame,
