@@ -40,7 +40,7 @@ fmt:
 
 ## bench: the performance claims, on one core, then the agent's own
 ## CPU and RSS under a realistic load (BENCH_AGENT_SECS, default 30)
-BENCH_PKGS := ./event/ ./graph/ ./exporter/ ./exporter/probes/kmsg/
+BENCH_PKGS := ./event/ ./link/ ./graph/ ./hack/hubsim/ ./exporter/ ./exporter/probes/kmsg/
 BENCH_AGENT_SECS ?= 30
 bench: kube
 	$(GO) test -run '^$$' -bench . -benchmem -cpu 1 -benchtime 2s $(BENCH_PKGS)
@@ -55,7 +55,7 @@ bench-remediation: kube
 	$(GO) test -run '^$$' -bench QuarantineThroughput -benchtime 5x ./remediator/ | grep -E 'ns/op|^ok|^FAIL'
 
 ## bench-hub: the hub at 10,000 simulated hosts over loopback WebSockets
-## (hack/bench-hub.sh AGENTS SECONDS; about 80 s)
+## (hack/bench-hub.sh AGENTS SECONDS; about 100 s)
 bench-hub:
 	hack/bench-hub.sh 10000 40
 
