@@ -58,24 +58,15 @@ func (g *Graph) Processes(f ProcessFilter) []Process {
 		if f.Node != "" && (n.host == nil || n.host.name != f.Node) {
 			return
 		}
-		if n.last < at-g.ttl && !g.usesFaulted(n, at) {
-			return
+		if g.procLive(n, at) {
+			out = append(out, g.process0(n, at))
 		}
-		out = append(out, g.process0(n, at))
 	}
 	switch {
 	case f.JobID != "":
 		// A job's ranks are its MemberOf edges (kept while the rank is
 		// live), not a scan of every process of every host.
-		j := g.jobs[f.JobID]
-		if j == nil {
-			return nil
-		}
-		for _, e := range j.in {
-			if e.typ == MemberOf && e.from.proc.job == j {
-				add(e.from)
-			}
-		}
+		g.jobRanks(g.jobs[f.JobID], add)
 	case f.Node != "":
 		if h := g.hosts[f.Node]; h != nil {
 			for _, n := range h.procs {
@@ -102,25 +93,35 @@ func (g *Graph) Processes(f ProcessFilter) []Process {
 func (g *Graph) JobHosts(jobID string) []string {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
-	j := g.jobs[jobID]
-	if j == nil {
-		return nil
-	}
 	at := g.clock
 	var out []string
 	seen := map[*host]bool{}
-	for _, e := range j.in {
-		n := e.from
-		if e.typ != MemberOf || n.proc.job != j || n.host == nil || seen[n.host] {
-			continue
+	g.jobRanks(g.jobs[jobID], func(n *node) {
+		if n.host != nil && !seen[n.host] && g.procLive(n, at) {
+			seen[n.host] = true
+			out = append(out, n.host.name)
 		}
-		if n.last < at-g.ttl && !g.usesFaulted(n, at) {
-			continue
-		}
-		seen[n.host] = true
-		out = append(out, n.host.name)
-	}
+	})
 	return out
+}
+
+// jobRanks calls f for each process whose job is j (nil: none): its
+// MemberOf edges, which last while the rank is heard from.
+func (g *Graph) jobRanks(j *node, f func(*node)) {
+	if j == nil {
+		return
+	}
+	for _, e := range j.in {
+		if e.typ == MemberOf && e.from.proc.job == j {
+			f(e.from)
+		}
+	}
+}
+
+// procLive reports whether process n is current at at: heard from within
+// the TTL, or using a device that is still faulted (hung ranks go quiet).
+func (g *Graph) procLive(n *node, at int64) bool {
+	return n.last >= at-g.ttl || g.usesFaulted(n, at)
 }
 
 func (g *Graph) process0(n *node, at int64) Process {

@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/ark-gpu/ark/event"
 )
@@ -113,11 +114,9 @@ func Decode(b []byte) (Frame, error) {
 // for each. The events f held are zeroed first, so nothing decoded before
 // shares memory with what is decoded now.
 func DecodeInto(b []byte, f *Frame) error {
-	clear(f.Events[:cap(f.Events)])
-	*f = Frame{Events: f.Events[:0]}
+	f.Reset()
 	if !decodeFast(b, f) {
-		clear(f.Events[:cap(f.Events)])
-		*f = Frame{Events: f.Events[:0]}
+		f.Reset()
 		if err := decodeSlow(b, f); err != nil {
 			return fmt.Errorf("%w: %w", ErrBadFrame, err)
 		}
@@ -147,6 +146,21 @@ func DecodeInto(b []byte, f *Frame) error {
 		return fmt.Errorf("%w %q", ErrUnknownType, f.Type)
 	}
 	return nil
+}
+
+// Reset empties f but keeps the capacity of f.Events, zeroed, so nothing
+// decoded before shares memory with what is decoded next.
+func (f *Frame) Reset() {
+	clear(f.Events[:cap(f.Events)])
+	*f = Frame{Events: f.Events[:0]}
+}
+
+// AppendAck appends the ack frame for seq to dst: the frame a hub writes
+// for every batch, encoded without reflection.
+func AppendAck(dst []byte, seq uint64) []byte {
+	dst = append(dst, `{"type":"ack","seq":`...)
+	dst = strconv.AppendUint(dst, seq, 10)
+	return append(dst, '}')
 }
 
 // Encode writes a frame.

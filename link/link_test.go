@@ -180,3 +180,20 @@ func BenchmarkDecodeEncodingJSON(b *testing.B) {
 		}
 	}
 }
+
+// The hand-encoded ack is the ack frame: what encoding/json makes of it is
+// what Encode would have sent.
+func TestAppendAckIsTheAckFrame(t *testing.T) {
+	for _, seq := range []uint64{0, 7, 18446744073709551615} {
+		b := AppendAck([]byte("stale"), seq)[len("stale"):]
+		got, err := slow(t, b)
+		if err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		enc, _ := Encode(&Frame{Type: TypeAck, Seq: seq})
+		want, _ := slow(t, enc)
+		if !same(&got, &want) {
+			t.Errorf("%s decodes to %+v, Encode's %s to %+v", b, got, enc, want)
+		}
+	}
+}

@@ -186,7 +186,6 @@ func NewServer(opts Options) (*Server, error) {
 	if opts.CommandTimeout <= 0 {
 		opts.CommandTimeout = time.Minute
 	}
-
 	if opts.Forget <= 0 {
 		opts.Forget = time.Hour
 	}

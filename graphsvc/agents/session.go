@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,7 +24,7 @@ import (
 type session struct {
 	s    *Server
 	ws   *websocket.Conn
-	raw  net.Conn // the connection under ws, for write deadlines
+	raw  net.Conn // the connection under ws (set by the Hijack it needs), for write deadlines
 	node string
 	seen atomic.Int64  // unix ns of the last frame or ping
 	done chan struct{} // closed when the session has ended
@@ -239,8 +238,7 @@ func (ss *session) handleFrame(b []byte, log *slog.Logger) verdict {
 		if cap(f.Events) > link.MaxBatch {
 			return
 		}
-		clear(f.Events[:cap(f.Events)])
-		*f = link.Frame{Events: f.Events[:0]}
+		f.Reset()
 		framePool.Put(f)
 	}()
 	err := link.DecodeInto(b, f)
@@ -333,12 +331,7 @@ func (ss *session) write(ctx context.Context, f *link.Frame) error {
 // write is bounded by a deadline on the connection, where a context would
 // cost a timer and a registration on every ack.
 func (ss *session) writeAck(seq uint64) error {
-	if ss.raw == nil {
-		return ss.write(ss.ctx, &link.Frame{Type: link.TypeAck, Seq: seq})
-	}
-	b := append(ss.ackBuf[:0], `{"type":"ack","seq":`...)
-	b = strconv.AppendUint(b, seq, 10)
-	b = append(b, '}')
+	b := link.AppendAck(ss.ackBuf[:0], seq)
 	_ = ss.raw.SetWriteDeadline(time.Now().Add(ss.s.opts.WriteTimeout))
 	err := ss.ws.Write(context.Background(), websocket.MessageText, b)
 	// Cleared again: the websocket library's own pongs and close frames

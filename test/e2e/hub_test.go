@@ -152,6 +152,19 @@ func getWhy(hub string) (whyResp, error) {
 	return w, json.NewDecoder(resp.Body).Decode(&w)
 }
 
+// waitUSR1 waits until the rank started by startRank, which writes the
+// signals it gets to got, has had SIGUSR1.
+func waitUSR1(t *testing.T, got string, d time.Duration, what string) {
+	t.Helper()
+	eventually(t, d, what, func() error {
+		b, _ := os.ReadFile(got)
+		if !strings.Contains(string(b), "USR1") {
+			return fmt.Errorf("no signal yet")
+		}
+		return nil
+	})
+}
+
 func eventually(t *testing.T, d time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -297,13 +310,7 @@ func TestHubAndFourAgents(t *testing.T) {
 	if !strings.Contains(string(out), "401") {
 		t.Fatalf("ark fix --hub without a token must be refused: %s", out)
 	}
-	eventually(t, 5*time.Second, "the rank got SIGUSR1", func() error {
-		b, _ := os.ReadFile(got)
-		if !strings.Contains(string(b), "USR1") {
-			return fmt.Errorf("no signal yet")
-		}
-		return nil
-	})
+	waitUSR1(t, got, 5*time.Second, "the rank got SIGUSR1")
 	audit, err := os.ReadFile(filepath.Join(dir, "node-2.audit"))
 	if err != nil {
 		t.Fatal(err)

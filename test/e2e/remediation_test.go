@@ -364,13 +364,7 @@ func TestRemediation(t *testing.T) {
 			}
 			return fmt.Errorf("conditions %v", n.Status.Conditions)
 		})
-		eventually(t, 10*time.Second, "the rank on node-3 got SIGUSR1 through its agent", func() error {
-			b, _ := os.ReadFile(got)
-			if !strings.Contains(string(b), "USR1") {
-				return fmt.Errorf("no signal yet")
-			}
-			return nil
-		})
+		waitUSR1(t, got, 10*time.Second, "the rank on node-3 got SIGUSR1 through its agent")
 		agentAudit, _ := os.ReadFile(filepath.Join(dir, "node-3.audit"))
 		if !strings.Contains(string(agentAudit), `"action":"Signal"`) || !strings.Contains(string(agentAudit), "ark-remediator") ||
 			!strings.Contains(string(agentAudit), fmt.Sprintf(`"target_pid":%d`, pid)) {
