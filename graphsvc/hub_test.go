@@ -556,6 +556,14 @@ ark_hub_agents{state="stale"} 1
 	if n := len(th.StaleHosts(nil)); n != 41 {
 		t.Errorf("%d stale hosts, want 41", n)
 	}
+	// node-4 runs ranks of the job but no cause names it: it is named
+	// because the job runs there.
+	th.AgentDisconnected("node-4")
+	th.get(t, "/api/v1/why?job_id="+scenarioJob, &res)
+	if strings.Join(res.StaleHosts, ",") != "node-3,node-4" {
+		t.Errorf("why stale_hosts with node-4 gone too: %v, want [node-3 node-4]", res.StaleHosts)
+	}
+	th.AgentConnected("node-4", nil)
 
 	th.AgentConnected("node-3", nil)
 	if s := th.StaleHosts(nil); slices.Contains(s, "node-3") || len(s) != 40 {
