@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -232,6 +233,45 @@ func checkWhyMatchesAnalyze(t *testing.T, th *testHub) {
 	if top.NodeID != want.NodeID || top.EntityID != want.EntityID || top.Summary != want.Summary ||
 		len(top.Chain) != len(want.Chain) {
 		t.Errorf("hub's top cause differs from analyze's:\nhub:     %+v\nanalyze: %+v", top, want)
+	}
+}
+
+// The why answer carries the hub's own time for it (Server-Timing), which
+// a client compares with what it saw; an error answer carries none.
+func TestWhyAnswerCarriesTheHubsOwnTime(t *testing.T) {
+	th := newTestHub(t, Options{})
+	th.ingestScenario(t)
+	start := time.Now()
+	resp, err := http.Get(th.srv.URL + "/api/v1/why?job_id=" + scenarioJob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	seen := time.Since(start)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	st := resp.Header.Get("Server-Timing")
+	ms, ok := strings.CutPrefix(st, "why;dur=")
+	if !ok {
+		t.Fatalf("Server-Timing %q, want why;dur=<ms>", st)
+	}
+	d, err := strconv.ParseFloat(ms, 64)
+	if err != nil {
+		t.Fatalf("Server-Timing %q: %v", st, err)
+	}
+	if d <= 0 || time.Duration(d*float64(time.Millisecond)) > seen {
+		t.Errorf("Server-Timing says %.3f ms; the client saw %s in all", d, seen)
+	}
+
+	resp, err = http.Get(th.srv.URL + "/api/v1/why?job_id=nope")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound || resp.Header.Get("Server-Timing") != "" {
+		t.Errorf("unknown job: status %d, Server-Timing %q; want 404 without one", resp.StatusCode, resp.Header.Get("Server-Timing"))
 	}
 }
 

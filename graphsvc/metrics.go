@@ -68,9 +68,11 @@ func newMetrics(h *Hub) *metrics {
 			Help: "Commands (fix) the hub handled, by result.",
 		}, []string{"result"}),
 		why: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "ark_hub_why_duration_seconds",
-			Help:    "Time to answer one why query on the global graph.",
-			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10), // 100µs .. 26s
+			Name: "ark_hub_why_duration_seconds",
+			Help: "Time to answer one why query on the global graph, stale-host check included.",
+			// Sub-millisecond resolution, and a bound at the 5 ms a query
+			// should stay under at 10,000 hosts.
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
 		state: newHubCollector(h),
 		graph: graphmetrics.NewCollector(h.g),
