@@ -111,8 +111,12 @@ while kill -0 "$sim" 2>/dev/null; do
 		if [[ ! -e $tmp/probe-$phase ]] && grep -q "msg=\"$phase phase\"" "$tmp/sim.log"; then
 			sched=
 			if [[ $phase == steady && $steady_rr == 1 ]]; then
-				chrt -a -r -p 1 "$hub" >/dev/null
-				sched='chrt -r 1'
+				if chrt -a -r -p 1 "$hub" >/dev/null; then
+					sched='chrt -r 1'
+				else
+					echo "bench-hub: could not put the hub under SCHED_RR; it shares the CPU with the simulator" >&2
+					steady_rr=0
+				fi
 			fi
 			# shellcheck disable=SC2086 # sched and PROBE_FLAGS are lists of words
 			$sched nice -n "${PROBE_NICE:-0}" "$tmp/whyprobe" -url "http://127.0.0.1:$port/api/v1/why?job_id=train%2Fjob-0" \
@@ -122,7 +126,7 @@ while kill -0 "$sim" 2>/dev/null; do
 		if [[ -n $probe && $probe_phase == "$phase" ]] && grep -q "msg=\"$phase phase done\"" "$tmp/sim.log"; then
 			stop_probe
 			if [[ $phase == steady && $steady_rr == 1 ]]; then
-				chrt -a -o -p 0 "$hub" >/dev/null
+				chrt -a -o -p 0 "$hub" >/dev/null || echo "bench-hub: could not put the hub back under the default policy" >&2
 			fi
 		fi
 	done
