@@ -109,7 +109,9 @@ while kill -0 "$sim" 2>/dev/null; do
 	# scheduling.
 	for phase in steady overload; do
 		if [[ ! -e $tmp/probe-$phase ]] && grep -q "msg=\"$phase phase\"" "$tmp/sim.log"; then
-			sched=
+			# The 5 ms target is for the realistic (steady) load.
+			sched= target=5ms
+			[[ $phase == overload ]] && target=0
 			if [[ $phase == steady && $steady_rr == 1 ]]; then
 				if chrt -a -r -p 1 "$hub" >/dev/null; then
 					sched='chrt -r 1'
@@ -120,7 +122,7 @@ while kill -0 "$sim" 2>/dev/null; do
 			fi
 			# shellcheck disable=SC2086 # sched and PROBE_FLAGS are lists of words
 			$sched nice -n "${PROBE_NICE:-0}" "$tmp/whyprobe" -url "http://127.0.0.1:$port/api/v1/why?job_id=train%2Fjob-0" \
-				-floor "http://127.0.0.1:$port/healthz" ${PROBE_FLAGS:-} >"$tmp/probe-$phase" 2>&1 &
+				-floor "http://127.0.0.1:$port/healthz" -target "$target" ${PROBE_FLAGS:-} >"$tmp/probe-$phase" 2>&1 &
 			probe=$! probe_phase=$phase
 		fi
 		if [[ -n $probe && $probe_phase == "$phase" ]] && grep -q "msg=\"$phase phase done\"" "$tmp/sim.log"; then

@@ -56,9 +56,15 @@ func TestProbeRecordsClientAndHubTimes(t *testing.T) {
 			t.Errorf("query %d: client %s, hub %s; want hub %s and the client no less", i, p.lat[i], p.server[i], hubTime)
 		}
 	}
-	s := summary("hub", p.server, 0, nil, true)
+	s := summary("hub", p.server, 0, nil, 5*time.Millisecond)
 	if !strings.Contains(s, "p99 3.00 ms") || !strings.Contains(s, "target p99 <= 5 ms: met") {
 		t.Errorf("summary %q", s)
+	}
+	if s := summary("hub", p.server, 0, nil, 2*time.Millisecond); !strings.Contains(s, "target p99 <= 2 ms: MISSED") {
+		t.Errorf("summary against 2 ms: %q", s)
+	}
+	if s := summary("client", p.lat, 0, nil, 0); strings.Contains(s, "target") {
+		t.Errorf("summary without a target: %q", s)
 	}
 
 	fail.Store(true)
