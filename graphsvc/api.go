@@ -250,6 +250,7 @@ func (h *Hub) handleWhy(w http.ResponseWriter, r *http.Request) {
 	// in run queues. hack/whyprobe reports both.
 	w.Header().Set("Server-Timing", serverTiming("why", time.Since(start)))
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(buf.Len()))
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(buf.Bytes()) // the client went away; nothing to do
 }

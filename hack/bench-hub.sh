@@ -12,13 +12,15 @@
 # The simulator stands for 10,000 remote hosts, whose CPU is not the hub's:
 # it runs at nice 19. Niceness only shares the CPU out, though: the kernel
 # still makes a woken hub thread wait for the simulator's time slice, which
-# put the hub's own why p99 at 6-8 ms here where the query takes about 1 ms
+# put the hub's own why p99 at 5-7 ms here where the query takes about 1 ms
 # (graphsvc/README.md, "At scale"). So during the steady phase, where why
-# latency is measured, the hub runs SCHED_RR (priority 1, and the prober)
-# where this shell may set it (root or CAP_SYS_NICE); for the overload
-# phase it goes back to the default policy, since a real-time hub there
-# would starve the load generator and measure the simulator instead.
-# STEADY_RR=0 keeps the default policy throughout.
+# latency is measured, the hub and the prober run SCHED_RR (priority 1)
+# where this shell may set it (root, CAP_SYS_NICE or an RLIMIT_RTPRIO); for
+# the overload phase the hub goes back to the default policy, since a
+# real-time hub there would starve the load generator and measure the
+# simulator instead. STEADY_RR=0 keeps the default policy throughout.
+# hubsim calls back at each phase boundary (-phase-hook) and waits, so the
+# switches and the prober's start and stop fall between phases.
 #
 # Usage: hack/bench-hub.sh [AGENTS] [SECONDS]   (SECONDS: the steady phase, default 40)
 # Environment:
@@ -29,7 +31,7 @@
 #   STEADY_RR      1 (default where allowed): the hub and the prober run SCHED_RR in the steady phase; 0: never
 #   HUB_MEMORY_LIMIT  the hub's Go soft memory limit in bytes (default 440 MiB; 0: none)
 #   PROBE_FLAGS    extra whyprobe flags, e.g. '-slow 10ms' (each slower query, timed)
-#   PROBE_NICE     the prober's niceness (default 0)
+#   PROBE_NICE     the prober's niceness (default 0; none under SCHED_RR)
 #   PROFILE_DIR    heap, goroutine, CPU (5 s) and trace (3 s) profiles taken there mid-steady
 #   KEEP_DIR       the hub's log kept there
 set -euo pipefail
@@ -37,7 +39,7 @@ cd "$(dirname "$0")/.."
 agents=${1:-10000}
 secs=${2:-40}
 tmp=$(mktemp -d)
-hub= sim= probe= probe_phase=
+hub= sim= probe=
 cleanup() {
 	[[ -n $sim ]] && kill "$sim" 2>/dev/null || true
 	[[ -n $probe ]] && kill "$probe" 2>/dev/null || true
@@ -86,10 +88,25 @@ done
 curl -sf "127.0.0.1:$port/readyz" >/dev/null || { echo "bench-hub: the hub is not ready after 10s" >&2; exit 1; }
 
 echo "hub: pid $hub on 127.0.0.1:$port, --memory-limit $mem_limit, SCHED_RR in the steady phase: $([[ $steady_rr == 1 ]] && echo yes || echo no); hubsim -agents $agents -steady ${secs}s ${HUBSIM_FLAGS:-}"
+
+# hubsim calls the phase hook at each phase boundary and waits for it: the
+# hook hands the event to this script (which runs at the default priority,
+# where the prober should start) and waits for the answer.
+mkfifo "$tmp/phase" "$tmp/phase.done"
+cat >"$tmp/phase-hook" <<HOOK
+#!/usr/bin/env bash
+echo "\$1" >"$tmp/phase"
+read -r answer <"$tmp/phase.done"
+[[ \$answer == ok ]]
+HOOK
+chmod +x "$tmp/phase-hook"
+exec 3<>"$tmp/phase" # open both ways: reads never see end of file
+
 # shellcheck disable=SC2086 # HUBSIM_FLAGS is a list of flags
 nice -n "${HUBSIM_NICE:-19}" "$tmp/hubsim" -hub "http://127.0.0.1:$port" -token-file "$tmp/token" -hub-pid "$hub" \
-	-agents "$agents" -steady "${secs}s" ${HUBSIM_FLAGS:-} >"$tmp/report" 2> >(tee "$tmp/sim.log" >&2) &
+	-phase-hook "$tmp/phase-hook" -agents "$agents" -steady "${secs}s" ${HUBSIM_FLAGS:-} >"$tmp/report" 2> >(tee "$tmp/sim.log" >&2) &
 sim=$!
+
 # stop_probe ends the running why prober, which then prints its numbers.
 stop_probe() {
 	if [[ -n $probe ]]; then
@@ -98,40 +115,80 @@ stop_probe() {
 		probe=
 	fi
 }
+
+# hub_policy rr|other puts every thread of the hub under SCHED_RR 1 or back
+# under SCHED_OTHER. It goes over the threads until none is left behind:
+# the Go runtime starts threads while it runs, and one may end under it.
+hub_policy() {
+	local want flag prio left d pol
+	if [[ $1 == rr ]]; then want=2 flag=-r prio=1; else want=0 flag=-o prio=0; fi
+	for _ in 1 2 3 4 5; do
+		left=0
+		for d in /proc/"$hub"/task/*; do
+			# The policy is field 41 of stat; after "(comm) " fields start at 3.
+			pol=$(sed 's/.*) //' "$d/stat" 2>/dev/null | cut -d' ' -f39) || continue
+			if [[ -n $pol && $pol != "$want" ]]; then
+				left=$((left + 1))
+				chrt "$flag" -p "$prio" "${d##*/}" >/dev/null 2>&1 || true
+			fi
+		done
+		if ((left == 0)); then
+			return 0
+		fi
+	done
+	return 1
+}
+
+# on_phase does what a phase boundary needs, then answers the hook: an
+# operator's client in its own process asks why through each phase (the
+# latency a user sees, apart from the simulator's own scheduling), and in
+# the steady phase the hub runs SCHED_RR.
+rr_on=0
+on_phase() {
+	local answer=ok sched='' target=5ms
+	case $1 in
+	steady | overload)
+		# The 5 ms target is for the realistic (steady) load.
+		if [[ $1 == overload ]]; then
+			target=0
+		fi
+		if [[ $1 == steady && $steady_rr == 1 ]]; then
+			rr_on=1
+			if hub_policy rr; then
+				sched='chrt -r 1'
+			else
+				echo "bench-hub: could not put every hub thread under SCHED_RR" >&2
+				answer=failed
+			fi
+		fi
+		# shellcheck disable=SC2086 # sched and PROBE_FLAGS are lists of words
+		$sched nice -n "${PROBE_NICE:-0}" "$tmp/whyprobe" -url "http://127.0.0.1:$port/api/v1/why?job_id=train%2Fjob-0" \
+			-floor "http://127.0.0.1:$port/healthz" -target "$target" ${PROBE_FLAGS:-} >"$tmp/probe-$1" 2>&1 &
+		probe=$!
+		;;
+	steady-done | overload-done)
+		stop_probe
+		if ((rr_on)); then
+			rr_on=0
+			if ! hub_policy other; then
+				echo "bench-hub: could not put every hub thread back under SCHED_OTHER" >&2
+				answer=failed
+			fi
+		fi
+		;;
+	esac
+	echo "$answer" >"$tmp/phase.done"
+}
+
 # Fail fast when the hub dies under the load.
 waited=0
 while kill -0 "$sim" 2>/dev/null; do
 	kill -0 "$hub" 2>/dev/null || hub_died
-	sleep 0.5
+	if read -r -t 0.5 event <&3; then
+		on_phase "$event"
+		continue
+	fi
 	waited=$((waited + 1))
-	# An operator's client in its own process, asking why through each
-	# phase: the latency a user sees, apart from the simulator's own
-	# scheduling.
-	for phase in steady overload; do
-		if [[ ! -e $tmp/probe-$phase ]] && grep -q "msg=\"$phase phase\"" "$tmp/sim.log"; then
-			# The 5 ms target is for the realistic (steady) load.
-			sched= target=5ms
-			[[ $phase == overload ]] && target=0
-			if [[ $phase == steady && $steady_rr == 1 ]]; then
-				if chrt -a -r -p 1 "$hub" >/dev/null; then
-					sched='chrt -r 1'
-				else
-					echo "bench-hub: could not put the hub under SCHED_RR; it shares the CPU with the simulator" >&2
-					steady_rr=0
-				fi
-			fi
-			# shellcheck disable=SC2086 # sched and PROBE_FLAGS are lists of words
-			$sched nice -n "${PROBE_NICE:-0}" "$tmp/whyprobe" -url "http://127.0.0.1:$port/api/v1/why?job_id=train%2Fjob-0" \
-				-floor "http://127.0.0.1:$port/healthz" -target "$target" ${PROBE_FLAGS:-} >"$tmp/probe-$phase" 2>&1 &
-			probe=$! probe_phase=$phase
-		fi
-		if [[ -n $probe && $probe_phase == "$phase" ]] && grep -q "msg=\"$phase phase done\"" "$tmp/sim.log"; then
-			stop_probe
-			if [[ $phase == steady && $steady_rr == 1 ]]; then
-				chrt -a -o -p 0 "$hub" >/dev/null || echo "bench-hub: could not put the hub back under the default policy" >&2
-			fi
-		fi
-	done
 	# Connecting takes about 10 s; then the steady phase runs $secs.
 	if [[ -n ${PROFILE_DIR:-} && $waited == $((2 * (15 + secs / 2))) ]]; then
 		mkdir -p "$PROFILE_DIR"

@@ -46,6 +46,7 @@ func main() {
 	flag.DurationVar(&cfg.FaultHold, "fault-hold", cfg.FaultHold, "a faulted job recovers after this long")
 	flag.IntVar(&cfg.HubPID, "hub-pid", 0, "the hub's pid, for its RSS and CPU (0: not measured)")
 	flag.IntVar(&cfg.DialConcurrency, "dial-concurrency", cfg.DialConcurrency, "agents connecting at once")
+	flag.StringVar(&cfg.PhaseHook, "phase-hook", "", "a program run at each phase boundary with steady, steady-done, overload or overload-done, waited for (a failure ends the run)")
 	flag.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "random seed")
 	flag.Parse()
 
@@ -78,7 +79,7 @@ func main() {
 
 // config is what a simulation runs with.
 type config struct {
-	Hub, TokenFile, Token                         string
+	Hub, TokenFile, Token, PhaseHook              string
 	Agents, JobHosts                              int
 	Rate                                          float64
 	Steady, Overload                              time.Duration

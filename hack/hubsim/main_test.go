@@ -4,6 +4,8 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -162,6 +164,13 @@ func TestSimulationAgainstAHubFindsTheInjectedFault(t *testing.T) {
 	cfg.Agents, cfg.OverloadAgents = 128, 16
 	cfg.Steady, cfg.Overload, cfg.Settle = 2*time.Second, time.Second, time.Second
 	cfg.WhyEvery, cfg.FaultEvery, cfg.FaultHold = 20*time.Millisecond, 500*time.Millisecond, time.Second
+	// The phase hook is called at each boundary, in order.
+	dir := t.TempDir()
+	hooked := filepath.Join(dir, "hooked")
+	cfg.PhaseHook = filepath.Join(dir, "hook")
+	if err := os.WriteFile(cfg.PhaseHook, []byte("#!/bin/sh\necho \"$1\" >>"+hooked+"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	s, err := newSim(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
@@ -188,5 +197,21 @@ func TestSimulationAgainstAHubFindsTheInjectedFault(t *testing.T) {
 	}
 	if r := rep.Final["ark_hub_events_rejected_total"] + rep.Final["ark_hub_frames_rejected_total"]; r != 0 {
 		t.Errorf("the hub rejected %.0f events or frames", r)
+	}
+	if b, err := os.ReadFile(hooked); err != nil || string(b) != "steady\nsteady-done\noverload\noverload-done\n" {
+		t.Errorf("phase hook calls %q (%v), want steady, steady-done, overload, overload-done", b, err)
+	}
+}
+
+// A failing phase hook ends the run with an error that names the phase;
+// without one, nothing runs.
+func TestPhaseHookFailureIsAnError(t *testing.T) {
+	s := &sim{cfg: config{PhaseHook: "false"}}
+	if err := s.hook(context.Background(), "steady-done"); err == nil || !strings.Contains(err.Error(), "false steady-done") {
+		t.Errorf("failing hook: %v, want an error naming it and the phase", err)
+	}
+	s.cfg.PhaseHook = ""
+	if err := s.hook(context.Background(), "steady"); err != nil {
+		t.Errorf("no hook: %v", err)
 	}
 }

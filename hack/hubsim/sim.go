@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -156,16 +157,25 @@ func (s *sim) run(ctx context.Context) (*report, error) {
 		return rep, ctx.Err()
 	}
 	s.log.Info("steady phase", "for", cfg.Steady)
+	if err := s.hook(ctx, "steady"); err != nil {
+		return rep, err
+	}
 	var err error
 	if rep.Steady, err = s.measure(ctx, cfg.Steady); err != nil {
 		return rep, err
 	}
 	s.log.Info("steady phase done")
+	if err := s.hook(ctx, "steady-done"); err != nil {
+		return rep, err
+	}
 
 	// Overload: some agents send raw samples as fast as acks allow.
 	if cfg.Overload > 0 {
 		rep.OverloadAgents = (cfg.Agents + s.overEvery - 1) / s.overEvery
 		s.log.Info("overload phase", "for", cfg.Overload, "agents", rep.OverloadAgents)
+		if err := s.hook(ctx, "overload"); err != nil {
+			return rep, err
+		}
 		s.overload.Store(true)
 		for _, a := range s.agents {
 			a.poke()
@@ -176,6 +186,9 @@ func (s *sim) run(ctx context.Context) (*report, error) {
 			return rep, err
 		}
 		s.log.Info("overload phase done")
+		if err := s.hook(ctx, "overload-done"); err != nil {
+			return rep, err
+		}
 		s.drain(ctx)
 	}
 
@@ -194,6 +207,21 @@ func (s *sim) run(ctx context.Context) (*report, error) {
 		return rep, fmt.Errorf("%d agent links failed during the run", rep.LinkFailures)
 	}
 	return rep, nil
+}
+
+// hook runs the phase hook with event and waits for it, so that what it
+// does (bench-hub.sh starts and stops its why prober and switches the
+// hub's scheduling) happens between phases, not some way into one.
+func (s *sim) hook(ctx context.Context, event string) error {
+	if s.cfg.PhaseHook == "" {
+		return nil
+	}
+	cmd := exec.CommandContext(ctx, s.cfg.PhaseHook, event)
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("phase hook %s %s: %w", s.cfg.PhaseHook, event, err)
+	}
+	return nil
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

@@ -20,6 +20,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/signal"
@@ -53,13 +54,14 @@ func main() {
 	type client struct {
 		name, url string
 		c         *http.Client
+		why       bool // its answers carry the hub's own time
 	}
 	clients := []client{
-		{"kept connection", *u, &http.Client{Timeout: 10 * time.Second}},
-		{"new connection each query", *u, &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}},
+		{"kept connection", *u, &http.Client{Timeout: 10 * time.Second}, true},
+		{"new connection each query", *u, &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}, true},
 	}
 	if *floor != "" {
-		clients = append(clients, client{"floor (" + *floor + ", kept connection)", *floor, &http.Client{Timeout: 10 * time.Second}})
+		clients = append(clients, client{"floor (" + *floor + ", kept connection)", *floor, &http.Client{Timeout: 10 * time.Second}, false})
 	}
 	results := make([]string, len(clients))
 	var server []time.Duration // the hub's own times, from both why clients
@@ -74,7 +76,7 @@ func main() {
 			results[i] = summary(cl.name, p.lat, p.errs, p.last, 0)
 			mu.Lock()
 			defer mu.Unlock()
-			if cl.url == *u {
+			if cl.why {
 				server = append(server, p.server...)
 			}
 			if len(p.lat) == 0 || p.errs > 0 {
@@ -83,8 +85,11 @@ func main() {
 		})
 	}
 	wg.Wait()
+	const own = "the hub's own time (Server-Timing: handler start to answer encoded)"
 	if len(server) > 0 {
-		fmt.Println(summary("the hub's own time (Server-Timing: handler start to answer encoded)", server, 0, nil, target))
+		fmt.Println(summary(own, server, 0, nil, target))
+	} else {
+		fmt.Println(own + ": none, no answer carried a why Server-Timing (an older hub, or a proxy that drops the header)")
 	}
 	for _, r := range results {
 		fmt.Println(r)
@@ -156,20 +161,27 @@ func get(ctx context.Context, c *http.Client, u string) (time.Duration, error) {
 	return serverTiming(resp.Header.Get("Server-Timing")), nil
 }
 
-// serverTiming reads the first metric's dur (ms) from a Server-Timing
-// header such as "why;dur=0.412"; 0 when there is none.
+// serverTiming reads the dur (ms) of the metric named why from a
+// Server-Timing header such as "why;dur=0.412" (several headers arrive
+// joined by commas); 0 when there is none.
 func serverTiming(h string) time.Duration {
-	first, _, _ := strings.Cut(h, ",")
-	for _, param := range strings.Split(first, ";")[1:] {
-		k, v, ok := strings.Cut(strings.TrimSpace(param), "=")
-		if !ok || k != "dur" {
+	for _, metric := range strings.Split(h, ",") {
+		params := strings.Split(metric, ";")
+		if strings.TrimSpace(params[0]) != "why" {
 			continue
 		}
-		ms, err := strconv.ParseFloat(strings.Trim(v, `"`), 64)
-		if err != nil || ms < 0 {
-			return 0
+		for _, param := range params[1:] {
+			k, v, ok := strings.Cut(param, "=")
+			if !ok || !strings.EqualFold(strings.TrimSpace(k), "dur") {
+				continue
+			}
+			ms, err := strconv.ParseFloat(strings.Trim(strings.TrimSpace(v), `"`), 64)
+			if err != nil || ms < 0 || math.IsInf(ms, 0) || math.IsNaN(ms) {
+				return 0
+			}
+			return time.Duration(ms * float64(time.Millisecond))
 		}
-		return time.Duration(ms * float64(time.Millisecond))
+		return 0
 	}
 	return 0
 }

@@ -17,12 +17,16 @@ func TestServerTiming(t *testing.T) {
 	}{
 		{"why;dur=0.412", 412 * time.Microsecond},
 		{`why;desc="graph walk";dur=12.5`, 12500 * time.Microsecond},
-		{"why;dur=3, db;dur=9", 3 * time.Millisecond}, // the first metric
+		{"why;dur=3, db;dur=9", 3 * time.Millisecond},
+		{"cdn;dur=7, why;dur=4", 4 * time.Millisecond}, // a proxy's metric in front
+		{"why; DUR = 2", 2 * time.Millisecond},         // the spec's case and spaces
+		{"db;dur=9", 0},
 		{"why", 0},
 		{"", 0},
 		{"why;dur=abc", 0},
 		{"why;dur=-1", 0},
-		{"db, why;dur=4", 0}, // the first metric has no dur
+		{"why;dur=NaN", 0},
+		{"why;dur=Inf", 0},
 	} {
 		if got := serverTiming(c.h); got != c.want {
 			t.Errorf("serverTiming(%q) = %s, want %s", c.h, got, c.want)
