@@ -3,6 +3,7 @@ package graph
 import (
 	"errors"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -137,6 +138,9 @@ type walker struct {
 	// per-candidate index slices (waiters, reverse walks)
 	cands []candidate
 	ints  []int32
+	// more scratch: which seen nodes reach an error, hosts done
+	reach    []bool
+	hostDone map[*host]bool
 }
 
 // walkers recycles walk state: Why runs often on a large heap, and its
@@ -148,7 +152,9 @@ func (w *walker) release() {
 	clear(w.seen)
 	clear(w.src)
 	clear(w.cands[:cap(w.cands)])
-	*w = walker{idx: w.idx, seen: w.seen[:0], src: w.src[:0], queue: w.queue[:0], cands: w.cands[:0], ints: w.ints[:0]}
+	clear(w.hostDone)
+	*w = walker{idx: w.idx, seen: w.seen[:0], src: w.src[:0], queue: w.queue[:0], cands: w.cands[:0], ints: w.ints[:0],
+		reach: w.reach[:0], hostDone: w.hostDone}
 	walkers.Put(w)
 }
 
@@ -272,8 +278,11 @@ func (w *walker) bfs(from int) {
 // reachingErrors marks the seen processes that already reach a current
 // error through real edges: one reverse walk from all of them.
 func (w *walker) reachingErrors() []bool {
-	reach := make([]bool, len(w.seen))
-	var queue []int32
+	reach := slices.Grow(w.reach[:0], len(w.seen))[:len(w.seen)]
+	clear(reach)
+	w.reach = reach
+	queue := w.queue[:0]
+	defer func() { w.queue = queue[:0] }()
 	for i, n := range w.seen {
 		if n.kind == KindError && w.g.activeHold(n.err, w.at, w.hold) {
 			reach[i] = true
@@ -297,7 +306,10 @@ func (w *walker) reachingErrors() []bool {
 // the unowned faulted resources of their host.
 func (w *walker) sameHost(explained []bool) {
 	g := w.g
-	done := map[*host]bool{}
+	if w.hostDone == nil {
+		w.hostDone = make(map[*host]bool)
+	}
+	done := w.hostDone
 	n := len(w.seen)
 	for i := 0; i < n; i++ {
 		p := w.seen[i]
@@ -481,7 +493,9 @@ func (w *walker) rank() []Cause {
 		ranks      int
 		down       bool // a consequence of another fault
 	}
-	out := make([]scored, 0, len(cs))
+	// Most symptoms are explained by an error and dropped below: out
+	// starts small rather than at len(cs), which can be hundreds.
+	out := make([]scored, 0, min(len(cs), 8))
 	// Errors first, so a symptom they already explain can be dropped.
 	sort.SliceStable(cs, func(i, j int) bool { return !cs[i].sym && cs[j].sym })
 	var actionable [][]int32
