@@ -11,9 +11,9 @@
 #
 # The simulator stands for 10,000 remote hosts, whose CPU is not the hub's:
 # it runs at nice 19. Niceness only shares the CPU out, though: the kernel
-# still makes a woken hub thread wait for the simulator's time slice, which
-# put the hub's own why p99 at 5-7 ms here where the query takes about 1 ms
-# (graphsvc/README.md, "At scale"). So during the steady phase, where why
+# still makes a woken hub thread wait for the simulator's time slice, for
+# milliseconds at a time where the query takes one (graphsvc/README.md,
+# "At scale"). So during the steady phase, where why
 # latency is measured, the hub and the prober run SCHED_RR (priority 1)
 # where this shell may set it (root, CAP_SYS_NICE or an RLIMIT_RTPRIO); for
 # the overload phase the hub goes back to the default policy, since a
