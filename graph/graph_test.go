@@ -607,3 +607,54 @@ func TestPeerOnAnAnnouncedHostAddressIsLinked(t *testing.T) {
 		t.Fatalf("b's withdrawn address must not resolve: pending %d", g.npending)
 	}
 }
+
+// Walk state is pooled: a walk must give the same answer whatever walks
+// ran before it on the same walker — bigger ones, ones over other graphs,
+// ones that inferred same-host links (which keep per-host state).
+func TestPooledWalksAnswerAsFreshOnes(t *testing.T) {
+	var small rec
+	small.job(t0, "j", hosts4, 2, 1000)
+	for ts := t0; ts <= t0+60_000; ts += 2000 {
+		for hi, h := range hosts4 {
+			for i := range 2 {
+				pid := 1000 + int64(hi*100+i)
+				small.add(ts, event.ComputeUtil, h, "gpu-"+strconv.Itoa(i), "95", 0, "") // no pid: same-host inference
+				small.add(ts, event.ProcessState, h, "pid-"+strconv.FormatInt(pid, 10), "R", pid, "j")
+			}
+		}
+	}
+	small.add(t0+61_000, event.ErrorHW, "h2", "gpu-1", "Xid 79", 0, "", "xid", "79")
+	small.stallOn(t0+62_000, t0+80_000, "j", hosts4, 2, 1000, 1)
+	var big rec
+	bigHosts := make([]string, 32)
+	for i := range bigHosts {
+		bigHosts[i] = "b" + strconv.Itoa(i)
+	}
+	big.job(t0, "big", bigHosts, 8, 1000)
+	big.steady(t0, t0+20_000, "big", bigHosts, 8, 1000)
+	big.add(t0+21_000, event.ErrorHW, "b7", "gpu-3", "Xid 79", 0, "", "xid", "79")
+	big.stallOn(t0+22_000, t0+40_000, "big", bigHosts, 8, 1000, 7)
+
+	gs, gb := small.graph(Options{}), big.graph(Options{})
+	type q struct {
+		g *Graph
+		t Target
+	}
+	queries := []q{{gs, Target{JobID: "j"}}, {gb, Target{JobID: "big"}}, {gs, Target{Node: "h2"}}, {gb, Target{Node: "b7", PID: 1703}}}
+	first := make([]string, len(queries))
+	for i, qq := range queries {
+		first[i] = fmt.Sprintf("%+v", mustWhy(t, qq.g, qq.t, 0))
+	}
+	if r := mustWhy(t, gs, Target{JobID: "j"}, 0); len(r.Causes) == 0 || r.Causes[0].Chain[len(r.Causes[0].Chain)-2].Type != SameHost {
+		t.Fatalf("the small job's cause must come through a same-host link: %+v", r.Causes)
+	}
+	// Every order of the queries, many times over, on pooled walkers.
+	for round := range 50 {
+		for k := range queries {
+			i := (k*7 + round) % len(queries)
+			if got := fmt.Sprintf("%+v", mustWhy(t, queries[i].g, queries[i].t, 0)); got != first[i] {
+				t.Fatalf("round %d, %v: the answer changed on a reused walker:\n got  %s\n want %s", round, queries[i].t, got, first[i])
+			}
+		}
+	}
+}
