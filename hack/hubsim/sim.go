@@ -683,13 +683,13 @@ func (r *report) printWhy(w io.Writer, phase string, s whySummary, ok func(bool)
 		cause = fmt.Sprintf("cause #1 %s/%s xid %d, %d ranks affected", c.NodeID, c.EntityID, c.XID, c.AffectedRanks)
 	}
 	found := s.Last.names(r.WhyExpected)
-	// The latency is the simulator's own client, scheduled among its
-	// 10,000 links (and niced by bench-hub.sh, behind the hub): a check
-	// that why answers right under the load. What a user sees, and the
-	// hub's own time, are measured by whyprobe.
-	fmt.Fprintf(w, "%s: why job_id=%s (%d ranks) asked from inside the simulator (its own scheduling, not the hub's): p50 %.2f ms, p99 %.2f ms, max %.2f ms over %d queries, %d errors; %s (injected %s: %s)\n",
-		phase, r.WhyJob, s.Last.Ranks, ms(s.P50), ms(s.P99), ms(s.Max), s.N, s.Errors,
-		cause, r.WhyExpected, ok(found))
+	// A check that why answers right under the load. The latency is the
+	// simulator's own client, scheduled among its 10,000 links (and niced
+	// by bench-hub.sh, behind the hub); what a user sees, and the hub's
+	// own time, are measured by whyprobe.
+	fmt.Fprintf(w, "%s: why job_id=%s (%d ranks) from inside the simulator: %d answers, %d errors; %s (injected %s: %s); latency with the simulator's own scheduling: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
+		phase, r.WhyJob, s.Last.Ranks, s.N, s.Errors, cause, r.WhyExpected, ok(found),
+		ms(s.P50), ms(s.P99), ms(s.Max))
 }
 
 // names reports whether the answer's first cause is XID 79 on gpu
