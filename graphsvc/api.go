@@ -149,13 +149,15 @@ func (h *Hub) Why(t graph.Target, at int64) (WhyResponse, error) {
 }
 
 // staleIn returns the stale hosts that the target runs on or a cause
-// names: the stale hosts (those without a live link) met with the job's
-// hosts, never a listing per stale host — in a partition thousands are
-// stale.
+// names: those hosts, looked up one by one among the hosts without a live
+// link — never a listing of every stale host, of which a partition has
+// thousands.
 func (h *Hub) staleIn(t graph.Target, res graph.Result) []string {
-	stale := h.StaleHosts(nil)
-	if len(stale) == 0 {
-		return stale
+	h.mu.Lock()
+	linked := len(h.unlinked) == 0
+	h.mu.Unlock()
+	if linked {
+		return []string{}
 	}
 	named := map[string]bool{t.Node: true}
 	for _, c := range res.Causes {
@@ -170,13 +172,7 @@ func (h *Hub) staleIn(t graph.Target, res graph.Result) []string {
 			named[host] = true
 		}
 	}
-	out := stale[:0]
-	for _, s := range stale {
-		if named[s] {
-			out = append(out, s)
-		}
-	}
-	return out
+	return h.StaleHosts(named)
 }
 
 // hostOf returns the host of a namespaced graph id ("node-7/gpu-3").

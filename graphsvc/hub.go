@@ -304,12 +304,21 @@ func (h *Hub) StaleHosts(nodes map[string]bool) []string {
 	now := h.opts.Now()
 	out := []string{}
 	h.mu.Lock()
-	for name, st := range h.unlinked {
-		if nodes != nil && !nodes[name] {
-			continue
+	if nodes != nil && len(nodes) < len(h.unlinked) {
+		// A few hosts asked about in a partition of thousands.
+		for name := range nodes {
+			if st, ok := h.unlinked[name]; ok && h.staleLocked(st, now) {
+				out = append(out, name)
+			}
 		}
-		if h.staleLocked(st, now) {
-			out = append(out, name)
+	} else {
+		for name, st := range h.unlinked {
+			if nodes != nil && !nodes[name] {
+				continue
+			}
+			if h.staleLocked(st, now) {
+				out = append(out, name)
+			}
 		}
 	}
 	h.mu.Unlock()
