@@ -68,7 +68,7 @@ port=$((20000 + RANDOM % 10000))
 mem_limit=${HUB_MEMORY_LIMIT:-$((440 << 20))}
 steady_rr=${STEADY_RR:-1}
 if [[ $steady_rr == 1 ]] && ! chrt -r 1 true 2>/dev/null; then
-	echo "bench-hub: SCHED_RR is not allowed here (not root?); the hub shares the CPU with the simulator throughout" >&2
+	echo "bench-hub: cannot use SCHED_RR here (not root, no CAP_SYS_NICE or RLIMIT_RTPRIO, or no chrt); the hub shares the CPU with the simulator throughout" >&2
 	steady_rr=0
 fi
 # shellcheck disable=SC2086 # HUB_ENV and HUB_FLAGS are lists of words
