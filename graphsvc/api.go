@@ -172,6 +172,9 @@ func (h *Hub) staleIn(t graph.Target, res graph.Result) []string {
 			named[host] = true
 		}
 	}
+	// No host: a job target's node, a cause on a job, OTLP without a
+	// host name. The hub's unnamed host is never one to report.
+	delete(named, "")
 	return h.StaleHosts(named)
 }
 

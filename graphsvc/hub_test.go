@@ -629,6 +629,31 @@ func TestHostsWithoutALinkGoStaleWhenSilent(t *testing.T) {
 	}
 }
 
+// Events without a host (OTLP from a resource with no host name) make the
+// hub's unnamed host, which goes stale like any silent one but is never
+// listed as a stale host of an answer: nothing names it.
+func TestWhyNeverListsTheUnnamedHostAsStale(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Unix(1_764_300_000, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	th := newTestHub(t, Options{Now: clock, StaleAfter: time.Minute})
+	th.ingestScenario(t)
+	th.apply([]event.Event{{TS: 1764300030000, Type: event.ComputeUtil, EntityID: "gpu-0", Value: "1"}}, sourceOTLP)
+	mu.Lock()
+	now = now.Add(2 * time.Minute)
+	mu.Unlock()
+	if s := th.StaleHosts(nil); !slices.Contains(s, "") || !slices.Contains(s, "node-3") {
+		t.Fatalf("stale %q: want the unnamed host and the silent scenario hosts", s)
+	}
+	for _, q := range []string{"job_id=" + scenarioJob, "node=node-3"} {
+		var res WhyResponse
+		th.get(t, "/api/v1/why?"+q, &res)
+		if slices.Contains(res.StaleHosts, "") || !slices.Contains(res.StaleHosts, "node-3") {
+			t.Errorf("why %s: stale_hosts %q, want node-3 and never the unnamed host", q, res.StaleHosts)
+		}
+	}
+}
+
 func TestIngestSpeaksForTheLinkHostOnlyAndDropsBadEvents(t *testing.T) {
 	th := newTestHub(t, Options{})
 	th.Ingest("node-9", []event.Event{

@@ -100,7 +100,9 @@ read -r answer <"$tmp/phase.done"
 [[ \$answer == ok ]]
 HOOK
 chmod +x "$tmp/phase-hook"
-exec 3<>"$tmp/phase" # open both ways: reads never see end of file
+# Both opened both ways: reads never see end of file, and an answer never
+# waits for a hook that is gone (hubsim killed mid-phase).
+exec 3<>"$tmp/phase" 4<>"$tmp/phase.done"
 
 # shellcheck disable=SC2086 # HUBSIM_FLAGS is a list of flags
 nice -n "${HUBSIM_NICE:-19}" "$tmp/hubsim" -hub "http://127.0.0.1:$port" -token-file "$tmp/token" -hub-pid "$hub" \
@@ -161,10 +163,12 @@ on_phase() {
 				answer=failed
 			fi
 		fi
-		# shellcheck disable=SC2086 # sched and PROBE_FLAGS are lists of words
-		$sched nice -n "${PROBE_NICE:-0}" "$tmp/whyprobe" -url "http://127.0.0.1:$port/api/v1/why?job_id=train%2Fjob-0" \
-			-floor "http://127.0.0.1:$port/healthz" -target "$target" ${PROBE_FLAGS:-} >"$tmp/probe-$1" 2>&1 &
-		probe=$!
+		if [[ $answer == ok ]]; then
+			# shellcheck disable=SC2086 # sched and PROBE_FLAGS are lists of words
+			$sched nice -n "${PROBE_NICE:-0}" "$tmp/whyprobe" -url "http://127.0.0.1:$port/api/v1/why?job_id=train%2Fjob-0" \
+				-floor "http://127.0.0.1:$port/healthz" -target "$target" ${PROBE_FLAGS:-} >"$tmp/probe-$1" 2>&1 &
+			probe=$!
+		fi
 		;;
 	steady-done | overload-done)
 		stop_probe
@@ -177,7 +181,7 @@ on_phase() {
 		fi
 		;;
 	esac
-	echo "$answer" >"$tmp/phase.done"
+	echo "$answer" >&4
 }
 
 # Fail fast when the hub dies under the load.
@@ -202,6 +206,11 @@ while kill -0 "$sim" 2>/dev/null; do
 		curl -sf "127.0.0.1:$port/metrics" -o "$PROFILE_DIR/metrics.txt" || true
 		cp "$tmp/ark" "$PROFILE_DIR/ark"
 	fi
+done
+# A hook that handed an event over as hubsim ended is answered, not left
+# waiting.
+while read -r -t 0.1 _ <&3; do
+	echo failed >&4
 done
 rc=0
 wait "$sim" || rc=$?

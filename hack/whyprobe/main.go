@@ -158,12 +158,13 @@ func get(ctx context.Context, c *http.Client, u string) (time.Duration, error) {
 	if resp.StatusCode != http.StatusOK {
 		return 0, fmt.Errorf("status %s", resp.Status)
 	}
-	return serverTiming(resp.Header.Get("Server-Timing")), nil
+	// Each Server-Timing line (a proxy may add its own) is a list.
+	return serverTiming(strings.Join(resp.Header.Values("Server-Timing"), ",")), nil
 }
 
 // serverTiming reads the dur (ms) of the metric named why from a
-// Server-Timing header such as "why;dur=0.412" (several headers arrive
-// joined by commas); 0 when there is none.
+// Server-Timing value such as "why;dur=0.412" or "cdn;dur=3, why;dur=0.4";
+// 0 when there is none.
 func serverTiming(h string) time.Duration {
 	for _, metric := range strings.Split(h, ",") {
 		params := strings.Split(metric, ";")

@@ -45,7 +45,8 @@ func TestProbeRecordsClientAndHubTimes(t *testing.T) {
 			return
 		}
 		time.Sleep(hubTime)
-		w.Header().Set("Server-Timing", "why;dur=3.000")
+		w.Header().Add("Server-Timing", "cdn;dur=7") // a proxy's own line first
+		w.Header().Add("Server-Timing", "why;dur=3.000")
 		_, _ = w.Write([]byte(`{}`))
 	}))
 	defer srv.Close()
