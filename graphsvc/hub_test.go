@@ -24,6 +24,7 @@ import (
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/graph"
 	"github.com/ark-gpu/ark/graph/analyze"
+	"github.com/ark-gpu/ark/internal/fakeclock"
 	"github.com/ark-gpu/ark/link"
 )
 
@@ -612,17 +613,13 @@ ark_hub_agents{state="stale"} 1
 }
 
 func TestHostsWithoutALinkGoStaleWhenSilent(t *testing.T) {
-	var mu sync.Mutex
-	now := time.Unix(1_764_300_000, 0)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	th := newTestHub(t, Options{Now: clock, StaleAfter: time.Minute})
+	clock := fakeclock.New(time.Unix(1_764_300_000, 0))
+	th := newTestHub(t, Options{Now: clock.Now, StaleAfter: time.Minute})
 	th.ingestScenario(t)
 	if s := th.StaleHosts(nil); len(s) != 0 {
 		t.Fatalf("stale at once: %v", s)
 	}
-	mu.Lock()
-	now = now.Add(2 * time.Minute)
-	mu.Unlock()
+	clock.Advance(2 * time.Minute)
 	th.Ingest("node-2", []event.Event{{TS: 1764300030000, Type: event.ComputeUtil, EntityID: "gpu-0", PID: 3100, Value: "0"}})
 	if s := th.StaleHosts(nil); strings.Join(s, ",") != "node-1,node-3,node-4" {
 		t.Errorf("stale %v, want the three silent hosts", s)
@@ -633,15 +630,11 @@ func TestHostsWithoutALinkGoStaleWhenSilent(t *testing.T) {
 // hub's unnamed host, which goes stale like any silent one but is never
 // listed as a stale host of an answer: nothing names it.
 func TestWhyNeverListsTheUnnamedHostAsStale(t *testing.T) {
-	var mu sync.Mutex
-	now := time.Unix(1_764_300_000, 0)
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	th := newTestHub(t, Options{Now: clock, StaleAfter: time.Minute})
+	clock := fakeclock.New(time.Unix(1_764_300_000, 0))
+	th := newTestHub(t, Options{Now: clock.Now, StaleAfter: time.Minute})
 	th.ingestScenario(t)
 	th.apply([]event.Event{{TS: 1764300030000, Type: event.ComputeUtil, EntityID: "gpu-0", Value: "1"}}, sourceOTLP)
-	mu.Lock()
-	now = now.Add(2 * time.Minute)
-	mu.Unlock()
+	clock.Advance(2 * time.Minute)
 	if s := th.StaleHosts(nil); !slices.Contains(s, "") || !slices.Contains(s, "node-3") {
 		t.Fatalf("stale %q: want the unnamed host and the silent scenario hosts", s)
 	}

@@ -2,8 +2,10 @@ package rules
 
 import (
 	"testing"
+	"time"
 
 	"github.com/ark-gpu/ark/event"
+	"github.com/ark-gpu/ark/internal/fakeclock"
 )
 
 func TestDefaultsLoad(t *testing.T) {
@@ -110,7 +112,7 @@ func TestDefaultsReplayARecordedStall(t *testing.T) {
 	// One rank's NIC drops, then a GPU falls off the bus on another host:
 	// each rule fires once per target, the cooldown holds the repeats.
 	rs := Defaults()
-	clock := &fakeClock{}
+	clock := fakeclock.New(time.Time{})
 	rs.SetClock(clock.Now)
 	var got []string
 	for _, ev := range []*event.Event{drop(42, "0"), drop(42, "3"), drop(42, "9"), xidEvent("79"), xidEvent("79"), xidEvent("13")} {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/graph"
+	"github.com/ark-gpu/ark/internal/fakeclock"
 )
 
 // fakeGraph answers the graph helpers from fixed tables, keyed by
@@ -46,24 +47,6 @@ func (f *fakeGraph) WaitsOn(node string, pid int64, prefix string) bool {
 		}
 	}
 	return false
-}
-
-// fakeClock is a settable cooldown clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
 }
 
 func mustParse(t testing.TB, yaml string) *RuleSet {
@@ -214,7 +197,7 @@ actions:
   - type: Signal
     params: {signal: SIGUSR1}
 `)
-	clock := &fakeClock{t: time.Unix(1000, 0)}
+	clock := fakeclock.New(time.Unix(1000, 0))
 	rs.SetClock(clock.Now)
 	ms := rs.Evaluate(Input{Event: drop(42, "5")})
 	if len(ms) != 1 {
@@ -229,14 +212,14 @@ actions:
 	if want := `Drops (drops): transport.drop on network-ib0 value "5" pid 42 job llama node node-3`; m.Message != want {
 		t.Errorf("message %q, want %q", m.Message, want)
 	}
-	clock.Add(29 * time.Second)
+	clock.Advance(29 * time.Second)
 	if got := rs.Evaluate(Input{Event: drop(42, "5")}); len(got) != 0 {
 		t.Errorf("fired again inside the cooldown")
 	}
 	if got := rs.Evaluate(Input{Event: drop(43, "5")}); len(got) != 1 {
 		t.Errorf("another target is not cooling down, got %v", matched(got))
 	}
-	clock.Add(time.Second)
+	clock.Advance(time.Second)
 	if got := rs.Evaluate(Input{Event: drop(42, "5")}); len(got) != 1 {
 		t.Errorf("did not fire after the cooldown")
 	}
@@ -244,7 +227,7 @@ actions:
 
 func TestCooldownKeysDeviceEventsByEntity(t *testing.T) {
 	rs := mustParse(t, "name: HW\ntriggers: [{event_type: error.hw}]\n")
-	clock := &fakeClock{t: time.Unix(1000, 0)}
+	clock := fakeclock.New(time.Unix(1000, 0))
 	rs.SetClock(clock.Now)
 	xidOn := func(gpu string) Input {
 		return Input{Event: &event.Event{Type: event.ErrorHW, EntityID: gpu, NodeID: "node-3", Value: "xid"}}

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ark-gpu/ark/event"
+	"github.com/ark-gpu/ark/internal/fakeclock"
 )
 
 func TestMain(m *testing.M) {
@@ -125,7 +126,7 @@ func TestReloadKeepsGoodRulesOfAFailingFileAndDropsRemovedFiles(t *testing.T) {
 func TestReloadKeepsCooldowns(t *testing.T) {
 	dir := t.TempDir()
 	writeRule(t, filepath.Join(dir, "d.yaml"), "name: D\ncooldown: 1h\ntriggers: [{event_type: storage.qdepth}]\n")
-	w, err := NewWatcher(WatcherOptions{Dir: dir, Now: (&fakeClock{}).Now})
+	w, err := NewWatcher(WatcherOptions{Dir: dir, Now: fakeclock.New(time.Time{}).Now})
 	if err != nil {
 		t.Fatal(err)
 	}

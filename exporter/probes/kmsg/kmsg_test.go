@@ -17,25 +17,8 @@ import (
 
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/exporter/probe"
+	"github.com/ark-gpu/ark/internal/fakeclock"
 )
-
-// clock is a settable time source.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
 
 func newTestProbe(t *testing.T, env probe.Env) *Probe {
 	t.Helper()
@@ -224,7 +207,7 @@ func TestProbeFoldsTenThousandIdenticalXIDsIntoOneEventAndASummary(t *testing.T)
 	}
 	env, _ := testEnv(t, path, nil) // default window: 10s
 	p := newTestProbe(t, env)
-	clk := &clock{now: time.Unix(1_700_000_000, 0)}
+	clk := fakeclock.New(time.Unix(1_700_000_000, 0))
 	p.now = clk.Now
 	s := newSink()
 	stop := startProbe(t, p, s)
