@@ -106,7 +106,7 @@ exec 3<>"$tmp/phase" 4<>"$tmp/phase.done"
 
 # shellcheck disable=SC2086 # HUBSIM_FLAGS is a list of flags
 nice -n "${HUBSIM_NICE:-19}" "$tmp/hubsim" -hub "http://127.0.0.1:$port" -token-file "$tmp/token" -hub-pid "$hub" \
-	-phase-hook "$tmp/phase-hook" -agents "$agents" -steady "${secs}s" ${HUBSIM_FLAGS:-} >"$tmp/report" 2> >(tee "$tmp/sim.log" >&2) &
+	-phase-hook "$tmp/phase-hook" -agents "$agents" -steady "${secs}s" ${HUBSIM_FLAGS:-} >"$tmp/report" &
 sim=$!
 
 # stop_probe ends the running why prober, which then prints its numbers.
@@ -150,6 +150,9 @@ on_phase() {
 	local answer=ok sched='' target=5ms
 	case $1 in
 	steady | overload)
+		if [[ $1 == steady ]]; then
+			steady_at=$SECONDS
+		fi
 		# The 5 ms target is for the realistic (steady) load.
 		if [[ $1 == overload ]]; then
 			target=0
@@ -185,16 +188,16 @@ on_phase() {
 }
 
 # Fail fast when the hub dies under the load.
-waited=0
+steady_at= profiled=
 while kill -0 "$sim" 2>/dev/null; do
 	kill -0 "$hub" 2>/dev/null || hub_died
 	if read -r -t 0.5 event <&3; then
 		on_phase "$event"
 		continue
 	fi
-	waited=$((waited + 1))
-	# Connecting takes about 10 s; then the steady phase runs $secs.
-	if [[ -n ${PROFILE_DIR:-} && $waited == $((2 * (15 + secs / 2))) ]]; then
+	# Halfway through the steady phase.
+	if [[ -n ${PROFILE_DIR:-} && -z $profiled && -n $steady_at ]] && ((SECONDS - steady_at >= secs / 2)); then
+		profiled=1
 		mkdir -p "$PROFILE_DIR"
 		curl -sf "127.0.0.1:$port/debug/pprof/heap" -o "$PROFILE_DIR/heap.pb.gz" || true
 		curl -sf "127.0.0.1:$port/debug/pprof/goroutine" -o "$PROFILE_DIR/goroutine.pb.gz" || true
