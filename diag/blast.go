@@ -36,14 +36,14 @@ type BlastRadius struct {
 
 // JobImpact is one job a fault stalls.
 type JobImpact struct {
-	JobID       string   `json:"job_id"`
-	Ranks       []Rank   `json:"ranks"`
-	Stuck       int      `json:"stuck_ranks"`
-	Hosts       []string `json:"hosts"`
-	GPUs        []string `json:"gpus"`
-	GPUsAssumed int      `json:"gpus_assumed"`
-	GPUHoursLost    float64 `json:"gpu_hours_lost"`
-	GPUHoursPerHour float64 `json:"gpu_hours_per_hour"`
+	JobID           string   `json:"job_id"`
+	Ranks           []Rank   `json:"ranks"`
+	Stuck           int      `json:"stuck_ranks"`
+	Hosts           []string `json:"hosts"`
+	GPUs            []string `json:"gpus"`
+	GPUsAssumed     int      `json:"gpus_assumed"`
+	GPUHoursLost    float64  `json:"gpu_hours_lost"`
+	GPUHoursPerHour float64  `json:"gpu_hours_per_hour"`
 	ranks           []graph.Process
 }
 
