@@ -366,9 +366,7 @@ func (c *control) diag(_ context.Context, _ ipc.Peer, raw json.RawMessage, _ fun
 	switch {
 	case args.Node != "" && args.Node != self:
 		return nil, ipc.Errorf(ipc.CodeBadRequest, "this agent serves host %s, not %s: ask the hub", self, args.Node)
-	case args.Node != "" && (args.PID != 0 || args.JobID != ""):
-		return nil, ipc.Errorf(ipc.CodeBadRequest, "give a pid, a job id or the host, not several")
-	case args.Node != "":
+	case args.Node != "" && args.PID == 0 && args.JobID == "":
 		t = graph.Target{Node: self}
 	default:
 		var err error

@@ -120,6 +120,8 @@ The model only reads: diag never acts.`,
 			switch {
 			case input != "" && h.hub != "":
 				return usageError{errors.New("give --input or --hub, not both")}
+			case at > 0 && input == "" && h.hub == "":
+				return usageError{errors.New("--at needs --input or --hub: the agent answers about now")}
 			case input != "":
 				rep, err = diagRecording(cmd, input, t, at)
 			case h.hub != "":

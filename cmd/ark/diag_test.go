@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -106,5 +107,26 @@ func TestDiagUsageErrors(t *testing.T) {
 		if code != exitUsage || !strings.Contains(errs, tc.want) {
 			t.Errorf("%v: exit %d %s %s", tc.args, code, out, errs)
 		}
+	}
+}
+
+func TestDiagOnTheAgentByPIDJobAndHost(t *testing.T) {
+	ta := startTestAgent(t)
+	cmd, _ := ta.rank(t)
+	pid := strconv.Itoa(cmd.Process.Pid)
+	for _, args := range [][]string{{pid}, {pid, "--node", "gpu-host-1"}, {"--job", "j1"}, {"--node", "gpu-host-1"}} {
+		code, out, errs := runArk(t, "", append([]string{"diag", "--socket", ta.socket}, args...)...)
+		if code != exitOK || !strings.Contains(out, "(host gpu-host-1)") || !strings.Contains(out, "ROOT CAUSE: ") ||
+			!strings.Contains(out, "network-ib0 on gpu-host-1") || !strings.Contains(out, "job j1: ranks 0 on gpu-host-1; 1 GPU(s)") {
+			t.Errorf("diag %v: exit %d\n%s\n%s", args, code, out, errs)
+		}
+	}
+	code, _, errs := runArk(t, "", "diag", "--node", "gpu-host-2", "--socket", ta.socket)
+	if code != exitFailure || !strings.Contains(errs, "this agent serves host gpu-host-1, not gpu-host-2: ask the hub") {
+		t.Fatalf("another host: exit %d %s", code, errs)
+	}
+	code, _, errs = runArk(t, "", "diag", "--job", "j1", "--at", "1", "--socket", ta.socket)
+	if code != exitUsage || !strings.Contains(errs, "--at needs --input or --hub") {
+		t.Fatalf("--at on the agent: exit %d %s", code, errs)
 	}
 }
