@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/graph"
 	"github.com/ark-gpu/ark/graph/analyze"
 	"github.com/ark-gpu/ark/rules"
@@ -69,35 +70,29 @@ func TestDiagnoseNamesTheGPUTheCatalogsActionTheRanksAndTheGPUHours(t *testing.T
 }
 
 func TestBlastRadiusCountsOneGPUForARankWithNoneKnown(t *testing.T) {
-	g := load(t, "../testdata/scenarios/storage-stall.jsonl")
-	rep, err := Diagnose(g, graph.Target{JobID: jobOf(t, g)}, Options{})
+	ts := int64(1_764_300_000_000)
+	rank := func(pid int64, r string) event.Event {
+		return event.Event{TS: ts, Type: event.IntentRun, EntityID: "pid-" + r, NodeID: "h1", PID: pid, JobID: "j", Value: "running",
+			Attrs: event.Attrs{{Key: "rank", Value: r}}}
+	}
+	g := graph.New(graph.Options{})
+	g.ApplyBatch([]event.Event{
+		rank(10, "0"), rank(11, "1"),
+		{TS: ts + 1000, Type: event.ComputeUtil, EntityID: "gpu-0", NodeID: "h1", PID: 10, JobID: "j", Value: "90"},
+		{TS: ts + 1000, Type: event.StorageIOPS, EntityID: "nvme0n1", NodeID: "h1", PID: 11, JobID: "j", Value: "900"},
+		{TS: ts + 2000, Type: event.ErrorHW, EntityID: "nvme0n1", NodeID: "h1", Value: "I/O error, dev nvme0n1"},
+		{TS: ts + 3000, Type: event.ProcessState, EntityID: "pid-11", NodeID: "h1", PID: 11, JobID: "j", Value: "D"},
+		{TS: ts + 3000, Type: event.ProcessState, EntityID: "pid-10", NodeID: "h1", PID: 10, JobID: "j", Value: "stalled"},
+	})
+	g.Settle()
+	rep, err := Diagnose(g, graph.Target{JobID: "j"}, Options{At: ts + 2000 + msPerHour/2})
 	if err != nil {
 		t.Fatal(err)
 	}
 	b := rep.Blast
-	if b == nil || b.Ranks == 0 {
-		t.Fatalf("blast radius %+v", b)
+	if b == nil || b.EntityID != "nvme0n1" || b.Ranks != 2 || b.GPUs != 2 || b.GPUsAssumed != 1 || b.GPUHoursPerHour != 2 || b.GPUHoursLost != 1 {
+		t.Fatalf("blast radius %+v causes %+v", b, rep.Causes)
 	}
-	known := 0
-	for _, r := range b.Jobs[0].Ranks {
-		if len(r.GPUs) == 0 {
-			known--
-		}
-	}
-	if b.GPUsAssumed != -known || b.GPUs != len(b.Jobs[0].GPUs)+b.GPUsAssumed || b.GPUHoursPerHour != float64(b.GPUs) {
-		t.Fatalf("blast radius %+v", b)
-	}
-}
-
-func jobOf(t *testing.T, g *graph.Graph) string {
-	t.Helper()
-	for _, p := range g.Processes(graph.ProcessFilter{}) {
-		if p.JobID != "" {
-			return p.JobID
-		}
-	}
-	t.Fatal("no job in the recording")
-	return ""
 }
 
 func TestFixCommandQuotesWhatTheShellWouldSplit(t *testing.T) {
