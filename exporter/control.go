@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ark-gpu/ark/diag"
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/exporter/executor"
 	"github.com/ark-gpu/ark/exporter/ipc"
@@ -93,7 +94,6 @@ func (c *control) mirror(e audit.Entry) {
 // observe evaluates the rules on each event and keeps recent events for
 // `ark events`.
 func (c *control) observe(batch []event.Event) {
-	g := graphView{c.a.graph}
 	rs := c.rules.RuleSet()
 	c.recent.addBatch(batch)
 	for i := range batch {
@@ -101,18 +101,7 @@ func (c *control) observe(batch []event.Event) {
 		if !rs.Triggers(ev.Type) {
 			continue
 		}
-		in := rules.Input{Event: ev, Graph: g}
-		if ev.PID > 0 {
-			in.Process = rules.Process{PID: ev.PID, JobID: ev.JobID}
-			if job, state, rank, ok := c.a.graph.ProcessInfo(ev.NodeID, ev.PID); ok {
-				in.Process = rules.Process{PID: ev.PID, JobID: job, State: state, Rank: rank}
-			}
-		}
-		in.Edge.Type, in.Edge.From, in.Edge.To = graph.EdgeFor(ev, c.a.graph.Options().QDepthThreshold)
-		// Rules on an agent see this host's ids without the host prefix
-		// ("network-ib0", "pid-42"), as rule authors write them.
-		in.Edge.From = strings.TrimPrefix(in.Edge.From, ev.NodeID+"/")
-		in.Edge.To = strings.TrimPrefix(in.Edge.To, ev.NodeID+"/")
+		in := rules.InputFor(ev, c.a.graph)
 		for _, m := range rs.Evaluate(in) {
 			c.matches.add(ev, m)
 			c.a.log.Info("rule matched", "rule", m.Rule, "severity", m.Severity, "pid", m.Target.PID, "entity", m.EntityID, "message", m.Message)
@@ -124,39 +113,6 @@ func (c *control) observe(batch []event.Event) {
 type membership struct{ a *Agent }
 
 func (m membership) JobOf(pid int64) (string, bool) { return m.a.graph.JobOf(m.a.cfg.NodeName, pid) }
-
-// graphView answers the rules' graph helpers.
-type graphView struct{ g *graph.Graph }
-
-func (v graphView) ErrorsReachable(node string, pid int64) []rules.ErrorInfo {
-	res, err := v.g.Why(graph.Target{Node: node, PID: pid}, 0)
-	if err != nil {
-		return nil
-	}
-	var out []rules.ErrorInfo
-	for _, c := range res.Causes {
-		if c.Kind != "error" {
-			continue
-		}
-		out = append(out, rules.ErrorInfo{EntityID: c.EntityID, EventType: c.EventType, Severity: c.Severity, XID: c.XID, Summary: c.Summary})
-	}
-	return out
-}
-
-func (v graphView) WaitsOn(node string, pid int64, prefix string) bool {
-	for _, p := range v.g.Processes(graph.ProcessFilter{Node: node, PID: pid}) {
-		for _, r := range p.Resources {
-			local := r.ID
-			if i := strings.LastIndexByte(local, '/'); i >= 0 {
-				local = local[i+1:]
-			}
-			if r.Type == graph.WaitsOn.String() && strings.HasPrefix(local, prefix) {
-				return true
-			}
-		}
-	}
-	return false
-}
 
 // ---- recent events and rule matches ----
 
@@ -279,6 +235,12 @@ type (
 		Params map[string]string `json:"params,omitempty"`
 		DryRun bool              `json:"dry_run,omitempty"`
 	}
+	// DiagArgs names what diag explains: a pid, a job, or this host.
+	DiagArgs struct {
+		PID   int64  `json:"pid,omitempty"`
+		JobID string `json:"job_id,omitempty"`
+		Node  string `json:"node,omitempty"`
+	}
 	// EventsArgs filters events.
 	EventsArgs struct {
 		Follow bool   `json:"follow,omitempty"`
@@ -288,7 +250,7 @@ type (
 	}
 )
 
-// Diagnosis is the answer of diag: the cause, the rules that matched and
+// Diagnosis is what fix acts on: the cause, the rules that matched and
 // the actions they suggest.
 type Diagnosis struct {
 	Process   *graph.Process `json:"process,omitempty"`
@@ -395,14 +357,38 @@ func (c *control) diagnose(pid int64) (Diagnosis, error) {
 }
 
 func (c *control) diag(_ context.Context, _ ipc.Peer, raw json.RawMessage, _ func(any) error) (any, error) {
-	var args TargetArgs
+	var args DiagArgs
 	if err := decodeArgs(raw, &args); err != nil {
 		return nil, err
 	}
-	if args.PID <= 0 {
-		return nil, ipc.Errorf(ipc.CodeBadRequest, "diag needs a pid")
+	self := c.a.cfg.NodeName
+	var t graph.Target
+	switch {
+	case args.Node != "" && args.Node != self:
+		return nil, ipc.Errorf(ipc.CodeBadRequest, "this agent serves host %s, not %s: ask the hub", self, args.Node)
+	case args.Node != "" && args.PID == 0 && args.JobID == "":
+		t = graph.Target{Node: self}
+	default:
+		var err error
+		if t, err = c.target(TargetArgs{PID: args.PID, JobID: args.JobID}); err != nil {
+			return nil, err
+		}
 	}
-	return c.diagnose(args.PID)
+	// The matches recorded live for the target's processes on this host.
+	var live []diag.Match
+	for _, p := range c.a.graph.Processes(graph.ProcessFilter{Node: self, PID: t.PID, JobID: t.JobID}) {
+		for _, r := range c.matches.get(p.PID) {
+			live = append(live, diag.MatchOf(r.TS, r.Match))
+		}
+	}
+	rep, err := diag.Diagnose(c.a.graph, t, diag.Options{Rules: c.rules.RuleSet(), Matches: live, Scope: "host " + self})
+	if err != nil {
+		return nil, ipc.Errorf(ipc.CodeBadRequest, "%v", err)
+	}
+	if !rep.Found {
+		return nil, ipc.Errorf(ipc.CodeNotFound, "%s is not tracked by this agent", t)
+	}
+	return rep, nil
 }
 
 // executable reports whether the agent's executor runs this action type

@@ -33,6 +33,7 @@ func (h *Hub) routes() *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+APIPrefix+"/ps", h.handlePS)
 	mux.HandleFunc("GET "+APIPrefix+"/why", h.handleWhy)
+	mux.HandleFunc("GET "+APIPrefix+"/diag", h.handleDiag)
 	mux.HandleFunc("GET "+APIPrefix+"/graph", h.handleGraph)
 	mux.HandleFunc("POST "+APIPrefix+"/fix", h.handleFix)
 	mux.HandleFunc("GET "+APIPrefix+"/events", h.handleEvents)

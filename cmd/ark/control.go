@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
-	"sort"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -245,68 +244,6 @@ func newWhyCmd() *cobra.Command {
 	h.add(cmd, true)
 	cmd.Flags().StringVar(&job, "job", "", "explain this job")
 	return cmd
-}
-
-func newDiagCmd() *cobra.Command {
-	var f clientFlags
-	cmd := &cobra.Command{
-		Use:   "diag <pid>",
-		Short: "Rule-based diagnosis of one process: matched rules, the cause chain, suggested actions",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := f.check(); err != nil {
-				return err
-			}
-			pid, err := parsePID(args[0])
-			if err != nil {
-				return err
-			}
-			var d exporter.Diagnosis
-			if err := f.call(cmd, "diag", exporter.TargetArgs{PID: pid}, &d); err != nil {
-				return err
-			}
-			if f.output == "json" {
-				return printJSON(cmd.OutOrStdout(), d)
-			}
-			w := cmd.OutOrStdout()
-			if d.Process != nil {
-				fmt.Fprintf(w, "pid %d  job %s  rank %s  state %s\n", d.Process.PID, dash(d.Process.JobID), dash(d.Process.Rank), dash(d.Process.State))
-			}
-			if len(d.Why.Causes) == 0 {
-				fmt.Fprintln(w, "cause: none found")
-			} else {
-				c := d.Why.Causes[0]
-				fmt.Fprintf(w, "cause: %s %s on %s: %s\n       %s\n", c.Severity, c.EntityID, c.NodeID, c.Summary, analyze.ChainLine(c.Chain))
-			}
-			fmt.Fprintf(w, "rules matched: %d\n", len(d.Matches))
-			for _, m := range d.Matches {
-				fmt.Fprintf(w, "  %s  %-22s %s %s\n", time.UnixMilli(m.TS).UTC().Format(time.TimeOnly), m.Match.Rule, m.Match.Severity, m.Match.Message)
-			}
-			if len(d.Suggested) == 0 {
-				fmt.Fprintln(w, "suggested actions: none")
-			} else {
-				fmt.Fprintln(w, "suggested actions:")
-				for _, a := range d.Suggested {
-					fmt.Fprintf(w, "  %s %s\n", a.Type, formatParams(a.Params))
-				}
-			}
-			return nil
-		},
-	}
-	f.add(cmd)
-	return cmd
-}
-
-func formatParams(p map[string]string) string {
-	if len(p) == 0 {
-		return ""
-	}
-	var parts []string
-	for k, v := range p {
-		parts = append(parts, k+"="+v)
-	}
-	sort.Strings(parts)
-	return strings.Join(parts, " ")
 }
 
 func newFixCmd() *cobra.Command {

@@ -159,7 +159,7 @@ func TestPsWhyDiagFixEndToEnd(t *testing.T) {
 	}
 	waitUntil(t, "the network rule to match", func() bool {
 		_, out, _ := runArk(t, "", "diag", pid, "--socket", ta.socket)
-		return strings.Contains(out, "RankStalledOnNetwork") && strings.Contains(out, "Signal signal=SIGUSR1")
+		return strings.Contains(out, "RankStalledOnNetwork") && strings.Contains(out, "ark fix "+pid+" --action Signal --param signal=SIGUSR1")
 	})
 
 	// Dry run: every check, no signal, audited as dry_run.

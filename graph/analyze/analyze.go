@@ -36,6 +36,22 @@ type Report struct {
 
 // Run replays r and explains opts.Target.
 func Run(r io.Reader, opts Options) (Report, error) {
+	g, rep, err := Load(r, opts)
+	if err != nil {
+		return rep, err
+	}
+	res, err := g.Why(opts.Target, opts.At)
+	if err != nil {
+		return rep, err
+	}
+	rep.Result = res
+	return rep, nil
+}
+
+// Load replays r into a new graph and returns it settled, with what was
+// read and rejected (the report's Result is left empty): for callers that
+// ask the graph more than Why, such as `ark diag --input`.
+func Load(r io.Reader, opts Options) (*graph.Graph, Report, error) {
 	var dopts []event.DecoderOption
 	if opts.MaxLineBytes > 0 {
 		dopts = append(dopts, event.WithMaxLineBytes(opts.MaxLineBytes))
@@ -60,7 +76,7 @@ func Run(r io.Reader, opts Options) (Report, error) {
 			continue
 		}
 		if err != nil {
-			return rep, fmt.Errorf("reading events at line %d: %w", d.Line()+1, err)
+			return nil, rep, fmt.Errorf("reading events at line %d: %w", d.Line()+1, err)
 		}
 		if opts.At > 0 && ev.TS > opts.At {
 			rep.Skipped++
@@ -75,11 +91,6 @@ func Run(r io.Reader, opts Options) (Report, error) {
 	}
 	rep.Events = uint64(len(evs))
 	g.Settle()
-	res, err := g.Why(opts.Target, opts.At)
-	if err != nil {
-		return rep, err
-	}
-	rep.Result = res
 	rep.Rejected = d.Rejected()
-	return rep, nil
+	return g, rep, nil
 }

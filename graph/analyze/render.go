@@ -20,12 +20,13 @@ func WriteJSON(w io.Writer, rep Report) error {
 	return enc.Encode(rep)
 }
 
-func clock(ms int64) string {
+// Clock formats a timestamp (ms) in UTC to the second.
+func Clock(ms int64) string {
 	return time.UnixMilli(ms).UTC().Format("2006-01-02T15:04:05Z")
 }
 
-// ago says how long before at a timestamp was, as an SRE reads it.
-func ago(ts, at int64) string {
+// Ago says how long before at a timestamp was, as an SRE reads it.
+func Ago(ts, at int64) string {
 	d := time.Duration(at-ts) * time.Millisecond
 	switch {
 	case d < 0:
@@ -63,7 +64,7 @@ func WriteTable(out io.Writer, rep Report) error {
 
 func writeTable(w *bytes.Buffer, rep Report) {
 	res := rep.Result
-	fmt.Fprintf(w, "%s at %s: %d process(es), %d event(s) replayed\n", res.Target, clock(res.At), res.Ranks, rep.Events)
+	fmt.Fprintf(w, "%s at %s: %d process(es), %d event(s) replayed\n", res.Target, Clock(res.At), res.Ranks, rep.Events)
 	switch {
 	case !res.Found:
 		fmt.Fprintf(w, "%s not found in the recording\n", res.Target)
@@ -74,7 +75,7 @@ func writeTable(w *bytes.Buffer, rep Report) {
 	}
 	top := res.Causes[0]
 	fmt.Fprintf(w, "ROOT CAUSE: %s %s on %s — %s (%d/%d ranks, since %s)\n\n",
-		top.Severity, top.EntityID, top.NodeID, top.Summary, top.AffectedRanks, top.TotalRanks, ago(top.FirstSeen, res.At))
+		top.Severity, top.EntityID, top.NodeID, top.Summary, top.AffectedRanks, top.TotalRanks, Ago(top.FirstSeen, res.At))
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "#\tSCORE\tSEVERITY\tNODE\tENTITY\tCAUSE\tRANKS\tSINCE\tACTION")
 	for i, c := range res.Causes {
@@ -97,7 +98,7 @@ func writeTable(w *bytes.Buffer, rep Report) {
 			flags = " [downstream]"
 		}
 		fmt.Fprintf(tw, "%d\t%.2f\t%s\t%s\t%s\t%s%s\t%d/%d\t%s\t%s\n", i+1, c.Score, c.Severity, c.NodeID, c.EntityID,
-			summary, flags, c.AffectedRanks, c.TotalRanks, ago(c.FirstSeen, res.At), action)
+			summary, flags, c.AffectedRanks, c.TotalRanks, Ago(c.FirstSeen, res.At), action)
 		for _, r := range c.Related {
 			if len(r) > 70 {
 				r = r[:67] + "..."
