@@ -418,6 +418,7 @@ func startAgents(t *testing.T, dir, hubAddr, token string, files map[string]stri
 		}
 		args := append([]string{"agent", "--node-name", node, "--web.listen-address", freePort(t),
 			"--config.file", cfg, "--ipc.socket", filepath.Join(dir, node+".sock"), "--audit.file", filepath.Join(dir, node+".audit"),
+			"--state.dir", filepath.Join(dir, "state"),
 			"--hub.url", "http://" + hubAddr, "--hub.token-file", token,
 			"--no-probe.kmsg", "--no-probe.nvml", "--no-probe.procfs", "--path.pod-resources", filepath.Join(dir, "none.sock")}, extra...)
 		agents[node] = start(t, node, args...)
