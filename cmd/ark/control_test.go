@@ -196,8 +196,8 @@ func TestPsWhyDiagFixEndToEnd(t *testing.T) {
 		t.Fatalf("audit: %d intents, want the signal's", intents)
 	}
 	if len(entries) != 2 || entries[0].Result != audit.DryRun || entries[1].Result != audit.Success ||
-		entries[1].Action != "Signal" || entries[1].Target.JobID != "j1" || entries[1].Target.Node != "gpu-host-1" ||
-		!strings.Contains(entries[1].User, "uid=0") || entries[1].Target.PID != int64(cmd.Process.Pid) {
+		entries[1].Action != "Signal" || entries[1].JobID != "j1" || entries[1].Node != "gpu-host-1" ||
+		!strings.Contains(entries[1].User, "uid=0") || entries[1].PID != int64(cmd.Process.Pid) {
 		t.Fatalf("audit: %+v", entries)
 	}
 	// The audit entry is mirrored on the bus as action.exec.

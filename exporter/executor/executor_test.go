@@ -90,14 +90,14 @@ func (h *harness) exec(req Request) Result {
 		h.fa.mu.Lock()
 		in := h.fa.entries[before]
 		h.fa.mu.Unlock()
-		if in.Result != audit.Intent || in.Target.PID != req.PID || in.User != req.User || in.Details == "" {
+		if in.Result != audit.Intent || in.PID != req.PID || in.User != req.User || in.Details == "" {
 			h.t.Fatalf("%s: first of two entries is not its intent: %+v", req.Action, in)
 		}
 	default:
 		h.t.Fatalf("%s: wrote %d audit entries, want the outcome, after the intent when it acted", req.Action, got)
 	}
 	e := h.fa.last()
-	if e.Result != res.Result || e.Details != res.Details || e.Target.PID != req.PID || e.User != req.User || e.Target.Node == "" {
+	if e.Result != res.Result || e.Details != res.Details || e.PID != req.PID || e.User != req.User || e.Node == "" {
 		h.t.Fatalf("audit entry %+v does not match request %+v / result %+v", e, req, res)
 	}
 	if req.Action != "" && e.Action != req.Action {
@@ -233,8 +233,8 @@ func TestJobMismatchIsRefused(t *testing.T) {
 			req := signalReq(pid, startTimeOf(t, pid), "SIGKILL")
 			req.ExpectedJobID = "job-a"
 			wantErr(t, h.exec(req), ErrNotInJob)
-			if h.fa.last().Target.JobID != "job-a" {
-				t.Errorf("audit target_job_id = %q", h.fa.last().Target.JobID)
+			if h.fa.last().JobID != "job-a" {
+				t.Errorf("audit target_job_id = %q", h.fa.last().JobID)
 			}
 		})
 	}
@@ -449,7 +449,7 @@ func TestReportOnlyOnlyAudits(t *testing.T) {
 	h := newHarness(t, Config{}, nil)
 	res := h.exec(Request{Action: ActionReportOnly, PID: 1, User: "bob", Params: map[string]string{"reason": "xid 79"}})
 	wantResult(t, res, audit.Success)
-	if e := h.fa.last(); e.Params["reason"] != "xid 79" || e.Target.Node != "node-1" {
+	if e := h.fa.last(); e.Params["reason"] != "xid 79" || e.Node != "node-1" {
 		t.Errorf("entry %+v", e)
 	}
 }
@@ -520,7 +520,7 @@ func TestRequestsAreRecordedInTheRealAuditLog(t *testing.T) {
 		t.Fatalf("want 3 lines (intent, outcome, refusal), got %q", raw)
 	}
 	var intent audit.Entry
-	if err := json.Unmarshal([]byte(lines[0]), &intent); err != nil || intent.Result != audit.Intent || intent.Target.PID != pid {
+	if err := json.Unmarshal([]byte(lines[0]), &intent); err != nil || intent.Result != audit.Intent || intent.PID != pid {
 		t.Fatalf("line 0 = %+v (%v), want the signal's intent", intent, err)
 	}
 	lines = lines[1:]
@@ -529,7 +529,7 @@ func TestRequestsAreRecordedInTheRealAuditLog(t *testing.T) {
 		if err := json.Unmarshal([]byte(lines[i]), &e); err != nil {
 			t.Fatal(err)
 		}
-		if e.Result != want.Result || e.Target.PID != pid || e.Action != ActionSignal || e.Target.Node != "node-1" || e.Details != want.Details {
+		if e.Result != want.Result || e.PID != pid || e.Action != ActionSignal || e.Node != "node-1" || e.Details != want.Details {
 			t.Errorf("line %d = %+v, want result %s", i, e, want.Result)
 		}
 	}

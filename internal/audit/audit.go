@@ -258,7 +258,7 @@ func repairTail(path string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }() // Sync reports what matters
 	fi, err := f.Stat()
 	if err != nil {
 		return 0, err

@@ -166,7 +166,7 @@ func TestEntryHasExactlyTheContractFields(t *testing.T) {
 	if m["target_pid"] != float64(4242) || m["result"] != "partial_failure" {
 		t.Errorf("target_pid/result = %v/%v", m["target_pid"], m["result"])
 	}
-	if len(mirrored) != 1 || mirrored[0].Target.PID != 4242 || !mirrored[0].Timestamp.Equal(ts) {
+	if len(mirrored) != 1 || mirrored[0].PID != 4242 || !mirrored[0].Timestamp.Equal(ts) {
 		t.Errorf("mirror got %+v", mirrored)
 	}
 }
@@ -315,7 +315,7 @@ func TestEntrySurvivesACrashRightAfterTheWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	var e Entry
-	if err := json.Unmarshal(raw, &e); err != nil || e.Details != "crash-marker" || e.Target.PID != 42 {
+	if err := json.Unmarshal(raw, &e); err != nil || e.Details != "crash-marker" || e.PID != 42 {
 		t.Fatalf("entry not on disk after crash: %q (%v)", raw, err)
 	}
 }
@@ -454,7 +454,7 @@ func TestWriteOnFullDiskFailsAndLeavesNoTornLine(t *testing.T) {
 		t.Fatalf("writing once space is back: %v", err)
 	}
 	after := requireValidLines(t, path)
-	if len(after) != len(written)+1 || after[len(after)-1].Target.PID != 2000 {
+	if len(after) != len(written)+1 || after[len(after)-1].PID != 2000 {
 		t.Fatalf("after freeing space: %d entries (last %+v), want the %d before and the new one", len(after), after[len(after)-1], len(written))
 	}
 }
@@ -473,7 +473,7 @@ func TestOpenCutsATornLastLine(t *testing.T) {
 	if err := l.Write(context.Background(), testEntry(1, 0)); err != nil {
 		t.Fatal(err)
 	}
-	if got := requireValidLines(t, path); len(got) != 2 || got[0].Action != "Signal" || got[1].Target.PID != 1001 {
+	if got := requireValidLines(t, path); len(got) != 2 || got[0].Action != "Signal" || got[1].PID != 1001 {
 		t.Fatalf("entries = %+v, want the whole first line and the new one", got)
 	}
 }
