@@ -52,6 +52,9 @@ type Config struct {
 	Now func() time.Time
 	// EnablePprof serves net/http/pprof under /debug/pprof/.
 	EnablePprof bool
+	// StateDir is where probes keep what must outlive the agent (--state.dir;
+	// "" keeps nothing): the exec probe's records of the programs it runs.
+	StateDir string
 	// Control is the local control plane: socket, audit, rules, executor.
 	Control ControlConfig
 	// Hub, when its URL is set, streams folded events to the hub and takes
@@ -506,6 +509,7 @@ func (a *Agent) env(name string) probe.Env {
 		Logger:     a.log.With("probe", name),
 		Paths:      a.cfg.Paths,
 		NodeName:   a.cfg.NodeName,
+		StateDir:   a.cfg.StateDir,
 		Registerer: a.reg,
 		Config:     a.cfg.File.section(name),
 		Observe: func(d time.Duration, err error) {

@@ -81,8 +81,8 @@ func (a *Agent) newControl() (*control, error) {
 // mirror puts an audit entry on the bus as an action.exec event.
 func (c *control) mirror(e audit.Entry) {
 	ev := event.Event{
-		TS: e.Timestamp.UnixMilli(), Type: event.ActionExec, EntityID: "pid-" + strconv.FormatInt(e.Target.PID, 10),
-		PID: e.Target.PID, JobID: e.Target.JobID, NodeID: e.Target.Node, Value: string(e.Result),
+		TS: e.Timestamp.UnixMilli(), Type: event.ActionExec, EntityID: "pid-" + strconv.FormatInt(e.PID, 10),
+		PID: e.PID, JobID: e.JobID, NodeID: e.Node, Value: string(e.Result),
 		Attrs: event.Attrs{{Key: "action", Value: e.Action}, {Key: "user", Value: e.User}},
 	}
 	if ev.TS <= 0 {

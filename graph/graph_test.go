@@ -542,6 +542,39 @@ func TestSnapshotRebuildsTheSameAnswer(t *testing.T) {
 	}
 }
 
+// A hub that restarts gets from each agent's snapshot every edge the agent
+// holds: an agent sees only its host's events, so its ranks' waits on ranks
+// of other hosts are waits on addresses it cannot resolve. They must come
+// back too, or per-node and per-pid answers fall back to the local NIC.
+func TestSnapshotsOfAgentsRebuildCrossHostWaits(t *testing.T) {
+	var r rec
+	r.job(t0, "j", hosts4, 2, 1000)
+	r.steady(t0, t0+60_000, "j", hosts4, 2, 1000)
+	r.add(t0+61_000, event.ErrorHW, "h3", "gpu-1", "Xid 79: GPU has fallen off the bus.", 1201, "", "xid", "79")
+	r.stallOn(t0+62_000, t0+80_000, "j", hosts4, 2, 1000, 2)
+	hub := r.graph(Options{})
+	restarted := New(Options{})
+	for _, h := range hosts4 {
+		agent := New(Options{})
+		for i := range r.evs {
+			if r.evs[i].NodeID == h {
+				agent.Apply(&r.evs[i])
+			}
+		}
+		restarted.ApplyBatch(agent.Snapshot())
+	}
+	for _, tg := range []Target{{JobID: "j"}, {Node: "h1"}, {Node: "h2"}, {Node: "h1", PID: 1001}, {Node: "h4", PID: 1300}} {
+		want, got := mustWhy(t, hub, tg, 0), mustWhy(t, restarted, tg, 0)
+		if len(want.Causes) == 0 || want.Causes[0].NodeID != "h3" || want.Causes[0].EntityID != "gpu-1" {
+			t.Fatalf("%s from the events: %+v", tg, want.Causes)
+		}
+		if len(got.Causes) == 0 || got.Causes[0].NodeID != want.Causes[0].NodeID || got.Causes[0].EntityID != want.Causes[0].EntityID ||
+			got.Causes[0].AffectedRanks != want.Causes[0].AffectedRanks || got.Ranks != want.Ranks {
+			t.Fatalf("%s from the agents' snapshots: %+v (ranks %d)\nfrom the events: %+v (ranks %d)", tg, got.Causes, got.Ranks, want.Causes, want.Ranks)
+		}
+	}
+}
+
 // A network error a process reports is its own: on a NIC shared by two
 // jobs, the broken job's NCCL timeouts do not become the healthy job's
 // cause.

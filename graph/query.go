@@ -260,7 +260,10 @@ func (g *Graph) ProcessInfo(node string, pid int64) (jobID, state, rank string, 
 // processes, their use of resources, their waits and the current faults:
 // what an agent sends a hub that just (re)connected. Samples carry the
 // edge's last time; values are placeholders, except for faults, which are
-// their latest evidence.
+// their latest evidence. A wait on a peer goes out with the peer's address
+// (as the transport.drop that made it), whether the peer is a process this
+// graph knows or a remote rank it only has the address of: the hub links
+// the remote ones, and a hub that restarts must get every one of them back.
 func (g *Graph) Snapshot() []event.Event {
 	g.mu.RLock()
 	defer g.mu.RUnlock()
@@ -304,11 +307,15 @@ func (g *Graph) Snapshot() []event.Event {
 				ev.TS = e.last
 				switch e.to.kind {
 				case KindProcess:
-					if e.to.proc.addr == "" {
+					peer := g.peerAddr(e.to)
+					if peer == "" {
 						continue
 					}
-					ev.Type, ev.EntityID, ev.Value = event.TransportDrop, "network", "1"
-					ev.Attrs = event.Attrs{{Key: event.AttrPeer, Value: e.to.proc.addr}}
+					// The process's own entity: the NIC the wait went
+					// through has its own edge, so the peer edge makes no
+					// resource of its own.
+					ev.Type, ev.Value = event.TransportDrop, "1"
+					ev.Attrs = event.Attrs{{Key: event.AttrPeer, Value: peer}}
 				case KindResource:
 					ev.EntityID = e.to.entity
 					ev.Type, ev.Value = snapshotSample(e.to.res.class, e.typ, g.opts.QDepthThreshold)
@@ -319,6 +326,7 @@ func (g *Graph) Snapshot() []event.Event {
 			}
 		}
 	}
+	out = g.appendPendingWaits(out, at)
 	for en := range g.errs {
 		ei := en.err
 		if !g.activeHold(ei, at, holdAny) || len(ei.evidence) == 0 {
@@ -327,6 +335,45 @@ func (g *Graph) Snapshot() []event.Event {
 		out = append(out, ei.evidence[len(ei.evidence)-1].Clone())
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].TS < out[j].TS })
+	return out
+}
+
+// peerAddr is an address that leads a hub to process p: the one its rank
+// announced, else one its host's agent announced.
+func (g *Graph) peerAddr(p *node) string {
+	if p.proc.addr != "" {
+		return p.proc.addr
+	}
+	if ips := g.hostAddrs[p.host.name]; len(ips) > 0 {
+		return ips[0]
+	}
+	return ""
+}
+
+// appendPendingWaits appends a transport.drop toward the peer for each
+// wait on an address no process of this graph has (a rank on another host,
+// as an agent sees it), at the wait's first and last time so the hub keeps
+// its onset.
+func (g *Graph) appendPendingWaits(out []event.Event, at int64) []event.Event {
+	for peer, ws := range g.pending {
+		for _, w := range ws {
+			p := w.from
+			if !p.alive() || (w.last < at-g.ttl && !g.usesFaultedHold(p, at, holdAny)) {
+				continue
+			}
+			job := ""
+			if p.proc.job.alive() {
+				job = p.proc.job.entity
+			}
+			for _, ts := range [2]int64{w.first, w.last} {
+				if ts == w.first && w.first == w.last {
+					continue
+				}
+				out = append(out, event.Event{TS: ts, NodeID: p.host.name, PID: p.proc.pid, JobID: job, EntityID: p.entity,
+					Type: event.TransportDrop, Value: "1", Attrs: event.Attrs{{Key: event.AttrPeer, Value: peer}}})
+			}
+		}
+	}
 	return out
 }
 

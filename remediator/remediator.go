@@ -290,11 +290,8 @@ type step struct {
 	cause string
 }
 
-func (r *Remediator) audit(ctx context.Context, s step, action string, res audit.Result, pid int64, jobID, details string) {
-	if r.o.DryRun && res == audit.Success {
-		res = audit.DryRun
-	}
-	r.m.actions.WithLabelValues(string(s.class), action, string(res)).Inc()
+// entry is the audit entry of one step of s.
+func (r *Remediator) entry(s step, action string, res audit.Result, pid int64, jobID, details string) audit.Entry {
 	e := audit.Entry{User: r.o.User, Action: action, Target: audit.Target{PID: pid, JobID: jobID, Node: s.node},
 		Result: res, Details: details, Params: map[string]string{
 			"class": string(s.class), "alertname": s.j.alertname, "alert_node": s.j.node, "fingerprint": s.j.fingerprint,
@@ -302,7 +299,15 @@ func (r *Remediator) audit(ctx context.Context, s step, action string, res audit
 	if s.cause != "" {
 		e.Params["cause"] = s.cause
 	}
-	if err := r.o.Audit.Write(ctx, e); err != nil {
+	return e
+}
+
+func (r *Remediator) audit(ctx context.Context, s step, action string, res audit.Result, pid int64, jobID, details string) {
+	if r.o.DryRun && res == audit.Success {
+		res = audit.DryRun
+	}
+	r.m.actions.WithLabelValues(string(s.class), action, string(res)).Inc()
+	if err := r.o.Audit.Write(ctx, r.entry(s, action, res, pid, jobID, details)); err != nil {
 		// An action whose record is lost is still reported in the log.
 		r.log.Error("writing the audit log", "err", err, "action", action, "node", s.node, "result", string(res))
 	}
@@ -312,6 +317,24 @@ func (r *Remediator) audit(ctx context.Context, s step, action string, res audit
 	}
 	r.log.Log(ctx, lvl, "remediation step", "action", action, "node", s.node, "class", string(s.class),
 		"result", string(res), "pid", pid, "details", details, "alertname", s.j.alertname)
+}
+
+// intend records, durably, that the step is about to do what to the
+// target, before it does: the audit log fsyncs each entry. When the intent
+// cannot be written the step must not run; intend then audits (and logs,
+// should that write fail too) the refusal as action's failure and returns
+// false. A dry run changes nothing and records no intent.
+func (r *Remediator) intend(ctx context.Context, s step, action string, pid int64, jobID, what string) bool {
+	if r.o.DryRun {
+		return true
+	}
+	err := r.o.Audit.Write(ctx, r.entry(s, action, audit.Intent, pid, jobID, what))
+	if err == nil {
+		return true
+	}
+	r.audit(ctx, s, action, audit.Failure, pid, jobID,
+		fmt.Sprintf("refused: the audit log cannot record the intent to %s: %v", what, err))
+	return false
 }
 
 func (r *Remediator) remediate(ctx context.Context, j job) {
@@ -422,6 +445,14 @@ func (r *Remediator) claim(ctx context.Context, s *step, taint bool) bool {
 		r.dryMu.Unlock()
 		return true
 	}
+	claimAction, claimWhat := "claim", "record the remediation on "+s.node
+	if taint {
+		claimAction, claimWhat = string(StepTaint), fmt.Sprintf("taint %s %s=%s:NoSchedule", s.node, TaintKey, s.class)
+	}
+	if !r.intend(ctx, *s, claimAction, 0, "", claimWhat) {
+		r.m.alerts.WithLabelValues("firing", "failed").Inc()
+		return false
+	}
 	err = retry.OnError(retry.DefaultBackoff, transient, func() error {
 		var err error
 		last, err = r.kube.Claim(ctx, s.node, s.class, s.j.alertname+"/"+s.j.fingerprint, cooldown, now, taint)
@@ -433,11 +464,7 @@ func (r *Remediator) claim(ctx context.Context, s *step, taint bool) bool {
 		r.inCooldown(ctx, *s, last)
 		return false
 	case err != nil:
-		action := "claim"
-		if taint {
-			action = string(StepTaint)
-		}
-		r.audit(ctx, *s, action, audit.Failure, 0, "", "recording the remediation on the node: "+err.Error())
+		r.audit(ctx, *s, claimAction, audit.Failure, 0, "", "recording the remediation on the node: "+err.Error())
 		r.m.alerts.WithLabelValues("firing", "failed").Inc()
 		return false
 	}
@@ -502,6 +529,9 @@ func (r *Remediator) runStep(ctx context.Context, s step, st Step) bool {
 			r.audit(ctx, s, string(st.Type), audit.DryRun, 0, "", fmt.Sprintf("would taint %s=%s:NoSchedule", TaintKey, s.class))
 			return true
 		}
+		if !r.intend(ctx, s, string(st.Type), 0, "", fmt.Sprintf("taint %s %s=%s:NoSchedule", s.node, TaintKey, s.class)) {
+			return false
+		}
 		if err := r.kube.Taint(ctx, s.node, s.class); err != nil {
 			r.audit(ctx, s, string(st.Type), audit.Failure, 0, "", err.Error())
 			return false
@@ -512,6 +542,9 @@ func (r *Remediator) runStep(ctx context.Context, s step, st Step) bool {
 			r.audit(ctx, s, string(st.Type), audit.DryRun, 0, "", "would set "+string(ConditionType)+"=True")
 			return true
 		}
+		if !r.intend(ctx, s, string(st.Type), 0, "", "set "+string(ConditionType)+"=True on "+s.node) {
+			return false
+		}
 		if err := r.kube.SetCondition(ctx, s.node, corev1.ConditionTrue, string(s.class), r.message(s)); err != nil {
 			r.audit(ctx, s, string(st.Type), audit.Failure, 0, "", err.Error())
 			return false
@@ -521,6 +554,9 @@ func (r *Remediator) runStep(ctx context.Context, s step, st Step) bool {
 		msg := r.message(s)
 		if r.o.DryRun {
 			msg = "dry run, nothing changed: " + msg
+		}
+		if !r.intend(ctx, s, string(st.Type), 0, "", "record a Kubernetes Event on "+s.node+": "+msg) {
+			return false
 		}
 		// The recorder sends in the background and retries; a send it
 		// gives up on is logged by client-go.
@@ -572,6 +608,9 @@ func (r *Remediator) agentAction(ctx context.Context, s step, st Step) {
 	}
 	var wg sync.WaitGroup
 	for _, rk := range ranks {
+		if !r.intend(ctx, s, action, rk.PID, rk.JobID, fmt.Sprintf("ask the agent on %s to run %s on pid %d", s.node, st.Action, rk.PID)) {
+			continue
+		}
 		wg.Go(func() {
 			cctx, cancel := context.WithTimeout(ctx, r.o.AgentWait)
 			defer cancel()
@@ -608,6 +647,9 @@ func (r *Remediator) evict(ctx context.Context, s step) {
 	}
 	if r.o.DryRun {
 		r.audit(ctx, s, string(StepEvict), audit.DryRun, 0, "", fmt.Sprintf("would evict %d pods: %s", len(pods), podNames(pods)))
+		return
+	}
+	if !r.intend(ctx, s, string(StepEvict), 0, "", fmt.Sprintf("evict %d pods: %s", len(pods), podNames(pods))) {
 		return
 	}
 	results := r.kube.Evict(ctx, pods, r.o.Policy.Eviction)
@@ -695,6 +737,9 @@ func (r *Remediator) resolve(ctx context.Context, j job) {
 	}
 	// The cooldown goes with the taint: if the fault comes back, the node
 	// is quarantined again at once.
+	if !r.intend(ctx, s, "untaint", 0, "", "remove "+TaintKey+" from "+j.node+" and set "+string(ConditionType)+"=False") {
+		return
+	}
 	if err := r.kube.Untaint(ctx, j.node); err != nil {
 		r.audit(ctx, s, "untaint", audit.Failure, 0, "", err.Error())
 		return

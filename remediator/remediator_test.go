@@ -2,15 +2,21 @@ package remediator_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/ark-gpu/ark/internal/audit"
+	"github.com/ark-gpu/ark/internal/fullfs"
 	"github.com/ark-gpu/ark/internal/kubetest"
 	"github.com/ark-gpu/ark/remediator"
 )
@@ -33,7 +39,7 @@ func (m *memAudit) find(action, node string) []audit.Entry {
 	defer m.mu.Unlock()
 	var out []audit.Entry
 	for _, e := range m.es {
-		if e.Action == action && e.Target.Node == node {
+		if e.Action == action && e.Node == node && e.Result != audit.Intent {
 			out = append(out, e)
 		}
 	}
@@ -54,11 +60,17 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // rig runs a remediator with policy against the control plane.
 func rig(t *testing.T, cp *kubetest.ControlPlane, policy string) (*memAudit, func(node, class string)) {
 	t.Helper()
+	al := &memAudit{}
+	return al, rigWith(t, cp, policy, al)
+}
+
+// rigWith is rig writing its audit entries to al.
+func rigWith(t *testing.T, cp *kubetest.ControlPlane, policy string, al remediator.Auditor) func(node, class string) {
+	t.Helper()
 	p, err := remediator.Load([]byte(policy))
 	if err != nil {
 		t.Fatal(err)
 	}
-	al := &memAudit{}
 	r, err := remediator.New(remediator.Options{Policy: p, Client: cp.Client, Audit: al,
 		Auth: func(_, _, bearer string) bool { return bearer == "t" }})
 	if err != nil {
@@ -83,7 +95,7 @@ func rig(t *testing.T, cp *kubetest.ControlPlane, policy string) (*memAudit, fun
 			t.Fatalf("webhook for %s: %s", node, resp.Status)
 		}
 	}
-	return al, post
+	return post
 }
 
 func TestBreakerAndEvictionLimits(t *testing.T) {
@@ -149,4 +161,82 @@ classes:
 			t.Fatalf("evict entry %+v", e)
 		}
 	})
+}
+
+// triedAudit writes to a real audit log and remembers every entry it was
+// asked to write, with the error the log gave.
+type triedAudit struct {
+	log *audit.Log
+	mu  sync.Mutex
+	es  []audit.Entry
+	err []error
+}
+
+func (a *triedAudit) Write(ctx context.Context, e audit.Entry) error {
+	err := a.log.Write(ctx, e)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.es = append(a.es, e)
+	a.err = append(a.err, err)
+	return err
+}
+
+// refused returns the failed-to-write refusals of action on node.
+func (a *triedAudit) refused(action, node string) []audit.Entry {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var out []audit.Entry
+	for i, e := range a.es {
+		if e.Action == action && e.Node == node && e.Result == audit.Failure &&
+			strings.Contains(e.Details, "refused: the audit log cannot record the intent") && errors.Is(a.err[i], syscall.ENOSPC) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// With the audit log's disk full the remediator records no intent, so it
+// taints nothing, records nothing on the node and evicts nothing.
+func TestRemediationIsRefusedWhenTheAuditLogCannotRecordIt(t *testing.T) {
+	dir := fullfs.Mount(t, 64<<10)
+	log, err := audit.Open(audit.Config{Path: filepath.Join(dir, "audit.log")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = log.Close() })
+	cp := kubetest.Start(t, kubetest.Options{})
+	cp.CreateNode(t, "full-1", nil)
+	cp.CreatePod(t, "default", "victim", "full-1", map[string]string{"app": "victim"}, nil)
+	fullfs.Fill(t, dir)
+
+	al := &triedAudit{log: log}
+	post := rigWith(t, cp, `
+circuit_breaker: {max_tainted_ratio: 1, max_nodes_per_hour: 0}
+routes: [{matchers: ['fault_class="OtherHardwareFailure"'], class: OtherHardwareFailure}]
+classes: {OtherHardwareFailure: {steps: [{type: taint}, {type: condition}, {type: evict}]}}
+`, al)
+	post("full-1", "OtherHardwareFailure")
+	waitFor(t, "the taint refused", func() bool { return len(al.refused("taint", "full-1")) == 1 })
+
+	ctx := context.Background()
+	n, err := cp.Client.CoreV1().Nodes().Get(ctx, "full-1", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	arkTaint := false
+	for _, taint := range n.Spec.Taints {
+		arkTaint = arkTaint || taint.Key == remediator.TaintKey
+	}
+	if arkTaint || n.Annotations[remediator.AnnotationRemediatedAt] != "" {
+		t.Fatalf("node changed although nothing could be audited: taints %v, annotations %v", n.Spec.Taints, n.Annotations)
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == remediator.ConditionType {
+			t.Fatalf("condition %s set although nothing could be audited", c.Type)
+		}
+	}
+	p, err := cp.Client.CoreV1().Pods("default").Get(ctx, "victim", metav1.GetOptions{})
+	if err != nil || p.DeletionTimestamp != nil {
+		t.Fatalf("the pod was evicted although nothing could be audited: %v", err)
+	}
 }

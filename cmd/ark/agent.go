@@ -110,6 +110,7 @@ func newAgentCmd() *cobra.Command {
 	f.StringVar(&graphTTL, "graph.ttl", "", "expire graph nodes and edges without events for this long (default 5m)")
 	f.StringVar(&logLevel, "log.level", "info", "log level: debug, info, warn, error")
 	f.BoolVar(&cfg.EnablePprof, "web.enable-pprof", false, "serve Go profiles under /debug/pprof/")
+	f.StringVar(&cfg.StateDir, "state.dir", "/var/lib/ark", "state kept across agent restarts, e.g. the exec probe's programs, so a restarted agent ends the ones a killed agent left (\"\" keeps none)")
 	f.IntVar(&cfg.BusBuffer, "bus.buffer", 1<<12, "events buffered per bus subscriber before drops")
 	f.StringVar(&cfg.Control.Socket, "ipc.socket", ipc.DefaultSocket, "control socket for ark ps/why/diag/fix/events (\"\" serves none)")
 	f.StringVar(&cfg.Control.SocketGroup, "ipc.group", "", "group owning the control socket (its members may run read-only commands)")

@@ -19,6 +19,7 @@ import (
 	"github.com/ark-gpu/ark/exporter/procstat"
 	"github.com/ark-gpu/ark/graph"
 	"github.com/ark-gpu/ark/internal/audit"
+	"github.com/ark-gpu/ark/internal/fullfs"
 )
 
 // startTime reads field 22 of /proc/<pid>/stat.
@@ -44,8 +45,14 @@ type testAgent struct {
 
 func startTestAgent(t *testing.T) *testAgent {
 	t.Helper()
+	return startTestAgentAuditing(t, filepath.Join(t.TempDir(), "audit.log"))
+}
+
+// startTestAgentAuditing starts a test agent whose audit log is auditPath.
+func startTestAgentAuditing(t *testing.T, auditPath string) *testAgent {
+	t.Helper()
 	dir := t.TempDir()
-	ta := &testAgent{socket: filepath.Join(dir, "ark.sock"), audit: filepath.Join(dir, "audit.log")}
+	ta := &testAgent{socket: filepath.Join(dir, "ark.sock"), audit: auditPath}
 	off := map[string]bool{"exec": false, "kmsg": false, "nvml": false, "procfs": false}
 	a, err := exporter.New(exporter.Config{
 		NodeName: "gpu-host-1", Enabled: off,
@@ -122,21 +129,26 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func auditEntries(t *testing.T, path string) []audit.Entry {
+// auditEntries returns the outcome entries of the audit log at path and
+// the number of intents written before them.
+func auditEntries(t *testing.T, path string) (outcomes []audit.Entry, intents int) {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []audit.Entry
 	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
 		var e audit.Entry
 		if err := json.Unmarshal([]byte(line), &e); err != nil {
 			t.Fatalf("audit line %q: %v", line, err)
 		}
-		out = append(out, e)
+		if e.Result == audit.Intent {
+			intents++
+			continue
+		}
+		outcomes = append(outcomes, e)
 	}
-	return out
+	return outcomes, intents
 }
 
 func TestPsWhyDiagFixEndToEnd(t *testing.T) {
@@ -179,10 +191,13 @@ func TestPsWhyDiagFixEndToEnd(t *testing.T) {
 	if b, _ := os.ReadFile(got); strings.Count(string(b), "USR1") != 1 {
 		t.Fatalf("the dry run must not signal: %q", b)
 	}
-	entries := auditEntries(t, ta.audit)
+	entries, intents := auditEntries(t, ta.audit)
+	if intents != 1 {
+		t.Fatalf("audit: %d intents, want the signal's", intents)
+	}
 	if len(entries) != 2 || entries[0].Result != audit.DryRun || entries[1].Result != audit.Success ||
-		entries[1].Action != "Signal" || entries[1].Target.JobID != "j1" || entries[1].Target.Node != "gpu-host-1" ||
-		!strings.Contains(entries[1].User, "uid=0") || entries[1].Target.PID != int64(cmd.Process.Pid) {
+		entries[1].Action != "Signal" || entries[1].JobID != "j1" || entries[1].Node != "gpu-host-1" ||
+		!strings.Contains(entries[1].User, "uid=0") || entries[1].PID != int64(cmd.Process.Pid) {
 		t.Fatalf("audit: %+v", entries)
 	}
 	// The audit entry is mirrored on the bus as action.exec.
@@ -216,9 +231,24 @@ func TestFixRefusesAProcessWhoseStartTimeChanged(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.Signal(0)); err != nil {
 		t.Fatalf("the process must still be alive: %v", err)
 	}
-	entries := auditEntries(t, ta.audit)
+	entries, _ := auditEntries(t, ta.audit)
 	if len(entries) != 1 || entries[0].Result != audit.Failure || !strings.Contains(entries[0].Details, "start time") {
 		t.Fatalf("the refusal is audited: %+v", entries)
+	}
+}
+
+// With the audit log's disk full, ark fix is refused, says why and exits 1.
+func TestFixFailsWhenTheAuditLogIsFull(t *testing.T) {
+	dir := fullfs.Mount(t, 64<<10)
+	ta := startTestAgentAuditing(t, filepath.Join(dir, "audit.log"))
+	cmd, got := ta.rank(t)
+	fullfs.Fill(t, dir)
+	code, out, errs := runArk(t, "", "fix", strconv.Itoa(cmd.Process.Pid), "--yes", "--action", "Signal", "--param", "signal=SIGUSR1", "--socket", ta.socket)
+	if code != exitFailure || !strings.Contains(out+errs, "refusing to act unaudited") || !strings.Contains(out+errs, "no space left on device") {
+		t.Fatalf("fix with a full audit disk: exit %d\n%s\n%s", code, out, errs)
+	}
+	if b, _ := os.ReadFile(got); len(b) != 0 {
+		t.Fatal("the process must not have been signalled")
 	}
 }
 

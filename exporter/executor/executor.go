@@ -2,7 +2,8 @@
 // its node (signal a process, shut it down gracefully, run a configured hook,
 // or just record a report) after verifying that the target is the process
 // the caller saw, and writes one audit entry for every request, refused ones
-// included.
+// included. An action that changes something runs only after its intent is
+// on disk: when the audit log cannot be written, the action is refused.
 package executor
 
 import (
@@ -47,6 +48,9 @@ var (
 	ErrEscalated         = errors.New("process needed SIGKILL")
 	ErrStillAlive        = errors.New("process still alive")
 	ErrAudit             = errors.New("audit entry not written")
+	// ErrAuditIntent refuses an action whose intent the audit log could not
+	// record (it is also ErrAudit).
+	ErrAuditIntent = fmt.Errorf("%w: refusing to act unaudited", ErrAudit)
 )
 
 // signals are the only signals an action may send.
@@ -89,7 +93,8 @@ type Request struct {
 
 // Result is what came of a request. Err is set when Result is
 // audit.Failure (the reason) or audit.PartialFailure (ErrEscalated), and
-// also carries ErrAudit when the audit entry could not be written.
+// also carries ErrAudit when the audit entry could not be written; an
+// action whose intent could not be written was not taken (ErrAuditIntent).
 type Result struct {
 	Result  audit.Result
 	Details string
@@ -150,24 +155,15 @@ func New(opts Options) (*Executor, error) {
 	return x, nil
 }
 
-// Execute checks and carries out req, then writes its audit entry.
+// Execute checks and carries out req, then writes its audit entry. An
+// action that changes something writes its intent first and runs only if
+// that write succeeded.
 func (x *Executor) Execute(ctx context.Context, req Request) Result {
 	if req.Node == "" {
 		req.Node = x.node
 	}
 	res := x.execute(ctx, req)
-	jobID := req.JobID
-	if jobID == "" {
-		jobID = req.ExpectedJobID
-	}
-	entry := audit.Entry{
-		Timestamp: time.Now(), User: req.User, Action: req.Action,
-		Target: audit.Target{PID: req.PID, JobID: jobID, Node: req.Node},
-		Result: res.Result, Details: res.Details, Params: req.Params,
-	}
-	if entry.Action == "" {
-		entry.Action = "(none)" // the audit log refuses an empty action
-	}
+	entry := x.entry(req, res.Result, res.Details)
 	if err := x.auditor.Write(ctx, entry); err != nil {
 		x.logger.Error("writing audit entry", "action", req.Action, "pid", req.PID, "err", err)
 		res.Err = errors.Join(res.Err, fmt.Errorf("%w: %w", ErrAudit, err))
@@ -180,6 +176,37 @@ func (x *Executor) Execute(ctx context.Context, req Request) Result {
 	return res
 }
 
+// jobID is the job req acts in: the one it names, else the one it expects.
+func (r Request) jobID() string {
+	if r.JobID != "" {
+		return r.JobID
+	}
+	return r.ExpectedJobID
+}
+
+// entry is the audit entry of req with the given result.
+func (x *Executor) entry(req Request, res audit.Result, details string) audit.Entry {
+	e := audit.Entry{
+		Timestamp: time.Now(), User: req.User, Action: req.Action,
+		Target: audit.Target{PID: req.PID, JobID: req.jobID(), Node: req.Node},
+		Result: res, Details: details, Params: req.Params,
+	}
+	if e.Action == "" {
+		e.Action = "(none)" // the audit log refuses an empty action
+	}
+	return e
+}
+
+// intend records that req is about to do what, durably, before it does:
+// the audit log fsyncs each entry. An error means the action must not run.
+func (x *Executor) intend(ctx context.Context, req Request, what string) error {
+	if err := x.auditor.Write(ctx, x.entry(req, audit.Intent, what)); err != nil {
+		x.logger.Error("refusing an action whose intent the audit log cannot record", "action", req.Action, "pid", req.PID, "err", err)
+		return fmt.Errorf("%w: recording the intent to %s: %w", ErrAuditIntent, what, err)
+	}
+	return nil
+}
+
 func failed(err error) Result {
 	return Result{Result: audit.Failure, Details: err.Error(), Err: err}
 }
@@ -187,7 +214,7 @@ func failed(err error) Result {
 func (x *Executor) execute(ctx context.Context, req Request) Result {
 	switch req.Action {
 	case ActionSignal:
-		return x.signal(req)
+		return x.signal(ctx, req)
 	case ActionGracefulShutdown:
 		return x.gracefulShutdown(ctx, req)
 	case ActionRunHook:
@@ -247,7 +274,7 @@ func (x *Executor) verify(req Request) (uint64, error) {
 	return st.startTime, nil
 }
 
-func (x *Executor) signal(req Request) Result {
+func (x *Executor) signal(ctx context.Context, req Request) Result {
 	name := req.Params["signal"]
 	sig, err := parseSignal(name)
 	if err != nil {
@@ -259,6 +286,9 @@ func (x *Executor) signal(req Request) Result {
 	}
 	if req.DryRun {
 		return Result{Result: audit.DryRun, Details: fmt.Sprintf("would send %s to pid %d (start time %d)", name, req.PID, start)}
+	}
+	if err := x.intend(ctx, req, fmt.Sprintf("send %s to pid %d (start time %d)", name, req.PID, start)); err != nil {
+		return failed(err)
 	}
 	t, err := openTarget(x.procfs, req.PID, start)
 	if err != nil {
@@ -298,6 +328,9 @@ func (x *Executor) gracefulShutdown(ctx context.Context, req Request) Result {
 	}
 	if req.DryRun {
 		return Result{Result: audit.DryRun, Details: fmt.Sprintf("would send %s to pid %d, wait %s, then SIGKILL", name, req.PID, wait)}
+	}
+	if err := x.intend(ctx, req, fmt.Sprintf("send %s to pid %d, wait %s, then SIGKILL", name, req.PID, wait)); err != nil {
+		return failed(err)
 	}
 	t, err := openTarget(x.procfs, req.PID, start)
 	if err != nil {

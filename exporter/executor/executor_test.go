@@ -18,6 +18,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ark-gpu/ark/internal/audit"
+	"github.com/ark-gpu/ark/internal/fullfs"
 )
 
 func TestMain(m *testing.M) {
@@ -76,17 +77,27 @@ func newHarness(t *testing.T, cfg Config, members Membership) *harness {
 	return &harness{t: t, x: x, fa: fa}
 }
 
-// exec runs req and checks that it wrote exactly one audit entry that agrees
-// with the result: every path, refused ones included, is audited.
+// exec runs req and checks that it wrote exactly one outcome entry that
+// agrees with the result, after an intent entry when it acted: every path,
+// refused ones included, is audited.
 func (h *harness) exec(req Request) Result {
 	h.t.Helper()
 	before := h.fa.count()
 	res := h.x.Execute(context.Background(), req)
-	if got := h.fa.count() - before; got != 1 {
-		h.t.Fatalf("%s: wrote %d audit entries, want 1", req.Action, got)
+	switch got := h.fa.count() - before; got {
+	case 1:
+	case 2:
+		h.fa.mu.Lock()
+		in := h.fa.entries[before]
+		h.fa.mu.Unlock()
+		if in.Result != audit.Intent || in.PID != req.PID || in.User != req.User || in.Details == "" {
+			h.t.Fatalf("%s: first of two entries is not its intent: %+v", req.Action, in)
+		}
+	default:
+		h.t.Fatalf("%s: wrote %d audit entries, want the outcome, after the intent when it acted", req.Action, got)
 	}
 	e := h.fa.last()
-	if e.Result != res.Result || e.Details != res.Details || e.Target.PID != req.PID || e.User != req.User || e.Target.Node == "" {
+	if e.Result != res.Result || e.Details != res.Details || e.PID != req.PID || e.User != req.User || e.Node == "" {
 		h.t.Fatalf("audit entry %+v does not match request %+v / result %+v", e, req, res)
 	}
 	if req.Action != "" && e.Action != req.Action {
@@ -222,8 +233,8 @@ func TestJobMismatchIsRefused(t *testing.T) {
 			req := signalReq(pid, startTimeOf(t, pid), "SIGKILL")
 			req.ExpectedJobID = "job-a"
 			wantErr(t, h.exec(req), ErrNotInJob)
-			if h.fa.last().Target.JobID != "job-a" {
-				t.Errorf("audit target_job_id = %q", h.fa.last().Target.JobID)
+			if h.fa.last().JobID != "job-a" {
+				t.Errorf("audit target_job_id = %q", h.fa.last().JobID)
 			}
 		})
 	}
@@ -438,7 +449,7 @@ func TestReportOnlyOnlyAudits(t *testing.T) {
 	h := newHarness(t, Config{}, nil)
 	res := h.exec(Request{Action: ActionReportOnly, PID: 1, User: "bob", Params: map[string]string{"reason": "xid 79"}})
 	wantResult(t, res, audit.Success)
-	if e := h.fa.last(); e.Params["reason"] != "xid 79" || e.Target.Node != "node-1" {
+	if e := h.fa.last(); e.Params["reason"] != "xid 79" || e.Node != "node-1" {
 		t.Errorf("entry %+v", e)
 	}
 }
@@ -505,15 +516,20 @@ func TestRequestsAreRecordedInTheRealAuditLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(string(raw)), "\n")
-	if len(lines) != 2 {
-		t.Fatalf("want 2 lines, got %q", raw)
+	if len(lines) != 3 {
+		t.Fatalf("want 3 lines (intent, outcome, refusal), got %q", raw)
 	}
+	var intent audit.Entry
+	if err := json.Unmarshal([]byte(lines[0]), &intent); err != nil || intent.Result != audit.Intent || intent.PID != pid {
+		t.Fatalf("line 0 = %+v (%v), want the signal's intent", intent, err)
+	}
+	lines = lines[1:]
 	for i, want := range []Result{ok, bad} {
 		var e audit.Entry
 		if err := json.Unmarshal([]byte(lines[i]), &e); err != nil {
 			t.Fatal(err)
 		}
-		if e.Result != want.Result || e.Target.PID != pid || e.Action != ActionSignal || e.Target.Node != "node-1" || e.Details != want.Details {
+		if e.Result != want.Result || e.PID != pid || e.Action != ActionSignal || e.Node != "node-1" || e.Details != want.Details {
 			t.Errorf("line %d = %+v, want result %s", i, e, want.Result)
 		}
 	}
@@ -562,5 +578,100 @@ func TestWithoutPidfdSignalsStillReachOnlyTheVerifiedProcess(t *testing.T) {
 	wantResult(t, res, audit.PartialFailure)
 	if alive(pid) {
 		t.Fatal("process survived the SIGKILL")
+	}
+}
+
+// stopped starts a process and stops it, so a signal sent to it stays
+// pending where /proc shows it (SigPnd/ShdPnd) instead of being acted on.
+func stopped(t *testing.T) int64 {
+	t.Helper()
+	cmd := start(t, nil, "/bin/sleep", "600")
+	pid := pidOf(cmd)
+	if err := syscall.Kill(int(pid), syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the process to stop", func() bool {
+		st, err := readStat("/proc", pid)
+		return err == nil && st.state == 'T'
+	})
+	return pid
+}
+
+// pending returns the signals pending for pid, thread and process alike.
+func pending(t *testing.T, pid int64) uint64 {
+	t.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mask uint64
+	for _, line := range strings.Split(string(raw), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || (k != "SigPnd" && k != "ShdPnd") {
+			continue
+		}
+		n, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+		if err != nil {
+			t.Fatalf("%s: %v", line, err)
+		}
+		mask |= n
+	}
+	return mask
+}
+
+// A full disk under the audit log refuses the action: the target never
+// gets the signal, the error says why, and the log holds no torn line.
+func TestActionIsRefusedWhenTheAuditLogCannotRecordIt(t *testing.T) {
+	dir := fullfs.Mount(t, 64<<10)
+	path := filepath.Join(dir, "audit.log")
+	log, err := audit.Open(audit.Config{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer log.Close()
+	x, err := New(Options{Auditor: log, Node: "node-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid := stopped(t)
+	fullfs.Fill(t, dir)
+
+	for _, req := range []Request{
+		signalReq(pid, startTimeOf(t, pid), "SIGTERM"),
+		{Action: ActionGracefulShutdown, PID: pid, User: "alice", ExpectedStartTime: startTimeOf(t, pid)},
+	} {
+		res := x.Execute(context.Background(), req)
+		if res.Result != audit.Failure || !errors.Is(res.Err, ErrAuditIntent) || !errors.Is(res.Err, syscall.ENOSPC) {
+			t.Fatalf("%s on a full disk: result %s, err %v; want failure with ErrAuditIntent and ENOSPC", req.Action, res.Result, res.Err)
+		}
+		if !strings.Contains(res.Details, "refusing to act unaudited") {
+			t.Errorf("details %q do not say the action was refused", res.Details)
+		}
+		if p := pending(t, pid); p != 0 {
+			t.Fatalf("%s refused, yet the process has signals pending: %#x", req.Action, p)
+		}
+	}
+	if !alive(pid) {
+		t.Fatal("the target died although every action was refused")
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, line := range strings.Split(strings.TrimSuffix(string(raw), "\n"), "\n") {
+		if line != "" && !json.Valid([]byte(line)) {
+			t.Fatalf("line %d of the audit log is not JSON: %q", i+1, line)
+		}
+	}
+
+	// With space back the same request goes through, and the check above
+	// would have seen it: SIGTERM is pending on the stopped process.
+	fullfs.Free(t, dir)
+	res := x.Execute(context.Background(), signalReq(pid, startTimeOf(t, pid), "SIGTERM"))
+	if res.Result != audit.Success {
+		t.Fatalf("with space back: result %s, err %v", res.Result, res.Err)
+	}
+	if p := pending(t, pid); p&(1<<(syscall.SIGTERM-1)) == 0 {
+		t.Fatalf("SIGTERM not pending after a successful signal: %#x", p)
 	}
 }

@@ -39,18 +39,17 @@ func (x *Executor) runHook(ctx context.Context, req Request) Result {
 	if req.DryRun {
 		return Result{Result: audit.DryRun, Details: fmt.Sprintf("would run hook %s: %s", name, argv)}
 	}
+	if err := x.intend(ctx, req, fmt.Sprintf("run hook %s: %s", name, argv)); err != nil {
+		return failed(err)
+	}
 
 	hctx, cancel := context.WithTimeout(ctx, hook.Timeout)
 	defer cancel()
 	cmd := exec.CommandContext(hctx, hook.Command, hook.Args...)
-	jobID := req.JobID
-	if jobID == "" {
-		jobID = req.ExpectedJobID
-	}
 	cmd.Env = []string{
 		hookPath,
 		"ARK_PID=" + strconv.FormatInt(req.PID, 10),
-		"ARK_JOB_ID=" + jobID,
+		"ARK_JOB_ID=" + req.jobID(),
 		"ARK_NODE=" + req.Node,
 	}
 	// Its own process group, so a timeout kills what the hook started too.

@@ -115,6 +115,9 @@ type Env struct {
 	Logger   *slog.Logger
 	Paths    Paths
 	NodeName string
+	// StateDir is a directory the probe may keep state in across agent
+	// restarts; "" means none.
+	StateDir string
 	// Registerer registers the probe's own metrics.
 	Registerer prometheus.Registerer
 	// Config decodes this probe's section of the agent config file into v;

@@ -12,6 +12,7 @@ import (
 // Stat is what Ark reads from /proc/<pid>/stat.
 type Stat struct {
 	State     byte
+	PGrp      int    // process group
 	UTime     uint64 // clock ticks
 	STime     uint64
 	StartTime uint64
@@ -26,13 +27,16 @@ func Parse(b []byte) (Stat, error) {
 		return Stat{}, errors.New("malformed stat: no command")
 	}
 	f := bytes.Fields(b[i+2:])
-	// f[0] is field 3 (state); utime is 14, stime 15, starttime 22.
+	// f[0] is field 3 (state); pgrp is 5, utime 14, stime 15, starttime 22.
 	if len(f) < 20 {
 		return Stat{}, fmt.Errorf("malformed stat: %d fields", len(f)+2)
 	}
 	var st Stat
 	st.State = f[0][0]
 	var err error
+	if st.PGrp, err = strconv.Atoi(string(f[2])); err != nil {
+		return Stat{}, fmt.Errorf("malformed stat pgrp: %w", err)
+	}
 	if st.UTime, err = strconv.ParseUint(string(f[11]), 10, 64); err != nil {
 		return Stat{}, fmt.Errorf("malformed stat utime: %w", err)
 	}

@@ -1,9 +1,16 @@
 // Package audit writes the audit log that the node agent and the hub's
 // remediator share: one JSON object per line for every action either was
 // asked to take, fsynced per entry and rotated by size with lumberjack.
+//
+// An action is recorded twice: its intent (result "intent") before it runs,
+// and its outcome after. Callers act only once the intent is on disk, so an
+// audit log that cannot be written (a full disk) stops the actions instead of
+// letting them go unrecorded. A line torn by a failed write is cut off, so
+// every line of the file stays one JSON object.
 package audit
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,12 +32,16 @@ const (
 	PartialFailure Result = "partial_failure"
 	Failure        Result = "failure"
 	DryRun         Result = "dry_run"
+	// Intent is written before an action runs; an entry with the outcome
+	// follows it. An intent without an outcome is an action whose result
+	// is unknown (the writer died or could not record it).
+	Intent Result = "intent"
 )
 
 // Valid reports whether r is one of the defined results.
 func (r Result) Valid() bool {
 	switch r {
-	case Success, PartialFailure, Failure, DryRun:
+	case Success, PartialFailure, Failure, DryRun, Intent:
 		return true
 	}
 	return false
@@ -86,8 +97,9 @@ type Config struct {
 	MaxBackups int `yaml:"max_backups" json:"max_backups"`
 	// Compress gzips rotated files.
 	Compress bool `yaml:"compress" json:"compress"`
-	// Mirror, when set, is called with every entry after it is on disk; the
-	// agent turns it into an action.exec event on the bus.
+	// Mirror, when set, is called with every outcome entry (not intents)
+	// after it is on disk; the agent turns it into an action.exec event on
+	// the bus.
 	Mirror func(Entry) `yaml:"-" json:"-"`
 }
 
@@ -151,11 +163,11 @@ func Open(cfg Config) (*Log, error) {
 		path: cfg.Path,
 		max:  int64(cfg.MaxSizeMB) * 1024 * 1024,
 	}
-	if fi, err := os.Stat(cfg.Path); err == nil {
-		l.size = fi.Size()
-	} else if !errors.Is(err, os.ErrNotExist) {
+	size, err := repairTail(cfg.Path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("opening audit log: %w", err)
 	}
+	l.size = size
 	return l, nil
 }
 
@@ -164,7 +176,7 @@ func Open(cfg Config) (*Log, error) {
 // was taken must be recorded even when its request was cancelled.
 func (l *Log) Write(_ context.Context, e Entry) error {
 	if !e.Result.Valid() {
-		return fmt.Errorf("%w: result %q is not one of success, partial_failure, failure, dry_run", ErrInvalidEntry, e.Result)
+		return fmt.Errorf("%w: result %q is not one of success, partial_failure, failure, dry_run, intent", ErrInvalidEntry, e.Result)
 	}
 	if e.Action == "" {
 		return fmt.Errorf("%w: action is empty", ErrInvalidEntry)
@@ -183,7 +195,7 @@ func (l *Log) Write(_ context.Context, e Entry) error {
 		return err
 	}
 	// Outside the lock: a slow mirror must not hold up other writers.
-	if l.mirror != nil {
+	if l.mirror != nil && e.Result != Intent {
 		l.mirror(e)
 	}
 	return nil
@@ -208,7 +220,7 @@ func (l *Log) writeLine(line []byte) error {
 	// One Write call: lumberjack rotates before writing, never in the middle
 	// of a line, and os.File.Write writes all of it or fails.
 	if _, err := l.lj.Write(line); err != nil {
-		return fmt.Errorf("writing audit log: %w", err)
+		return fmt.Errorf("writing audit log: %w", errors.Join(err, l.repair()))
 	}
 	l.opened = true
 	if rotates {
@@ -217,6 +229,65 @@ func (l *Log) writeLine(line []byte) error {
 	}
 	l.size += n
 	return l.sync()
+}
+
+// repair cuts off what a failed write left of its line, so the next entry
+// starts on a fresh line and every line stays valid JSON. lumberjack's file
+// is closed first and reopened by its next Write in append mode: it creates
+// new files without O_APPEND, and writing at its old offset after the
+// truncation would leave a hole of zero bytes.
+func (l *Log) repair() error {
+	cerr := l.lj.Close()
+	l.opened = false
+	size, err := repairTail(l.path)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("repairing the audit log's last line: %w", err)
+	}
+	l.size = size
+	if cerr != nil {
+		return fmt.Errorf("closing the audit log after a failed write: %w", cerr)
+	}
+	return nil
+}
+
+// repairTail truncates the file at path after its last newline when it
+// does not end with one (a line torn by a full disk or a crash mid-write)
+// and returns its size.
+func repairTail(path string) (int64, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = f.Close() }() // Sync reports what matters
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	end := fi.Size()
+	// Read backwards to the last newline; entries are small, so this is
+	// one read in practice.
+	buf := make([]byte, 4096)
+	keep := int64(0)
+	for off := end; off > 0 && keep == 0; {
+		n := min(int64(len(buf)), off)
+		off -= n
+		if _, err := f.ReadAt(buf[:n], off); err != nil {
+			return 0, err
+		}
+		if i := bytes.LastIndexByte(buf[:n], '\n'); i >= 0 {
+			keep = off + int64(i) + 1
+		}
+	}
+	if keep == end {
+		return end, nil
+	}
+	if err := f.Truncate(keep); err != nil {
+		return 0, err
+	}
+	if err := f.Sync(); err != nil {
+		return 0, err
+	}
+	return keep, nil
 }
 
 // sync makes the current file durable. lumberjack keeps its *os.File to

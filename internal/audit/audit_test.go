@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/ark-gpu/ark/internal/fullfs"
 )
 
 // helperEnv names the file a re-executed test binary writes one entry to
@@ -164,7 +166,7 @@ func TestEntryHasExactlyTheContractFields(t *testing.T) {
 	if m["target_pid"] != float64(4242) || m["result"] != "partial_failure" {
 		t.Errorf("target_pid/result = %v/%v", m["target_pid"], m["result"])
 	}
-	if len(mirrored) != 1 || mirrored[0].Target.PID != 4242 || !mirrored[0].Timestamp.Equal(ts) {
+	if len(mirrored) != 1 || mirrored[0].PID != 4242 || !mirrored[0].Timestamp.Equal(ts) {
 		t.Errorf("mirror got %+v", mirrored)
 	}
 }
@@ -313,7 +315,7 @@ func TestEntrySurvivesACrashRightAfterTheWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	var e Entry
-	if err := json.Unmarshal(raw, &e); err != nil || e.Details != "crash-marker" || e.Target.PID != 42 {
+	if err := json.Unmarshal(raw, &e); err != nil || e.Details != "crash-marker" || e.PID != 42 {
 		t.Fatalf("entry not on disk after crash: %q (%v)", raw, err)
 	}
 }
@@ -396,5 +398,103 @@ func TestEmptyTargetFieldsAreLeftOut(t *testing.T) {
 		if got := strings.Join(targets, ","); got != want[i] {
 			t.Errorf("line %d targets = %s, want %s", i, got, want[i])
 		}
+	}
+}
+
+// requireValidLines fails unless every line of path is one JSON object and
+// the file ends with a newline (or is empty); it returns the entries.
+func requireValidLines(t *testing.T, path string) []Entry {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(raw) > 0 && raw[len(raw)-1] != '\n' {
+		t.Fatalf("%s ends in a torn line: %q", path, raw[max(0, len(raw)-80):])
+	}
+	var out []Entry
+	for i, line := range strings.Split(strings.TrimSuffix(string(raw), "\n"), "\n") {
+		if line == "" && len(raw) == 0 {
+			break
+		}
+		var e Entry
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("line %d of %s is not JSON (%v): %q", i+1, path, err, line)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+func TestWriteOnFullDiskFailsAndLeavesNoTornLine(t *testing.T) {
+	dir := fullfs.Mount(t, 64<<10)
+	path := filepath.Join(dir, "audit.log")
+	l, err := Open(Config{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := l.Write(context.Background(), testEntry(0, 10)); err != nil {
+		t.Fatal(err)
+	}
+	fullfs.Fill(t, dir)
+	// Entries larger than the slack in the last page: a write that crosses
+	// into a page the filesystem no longer has is cut short.
+	var werr error
+	i := 1
+	for ; i < 100 && werr == nil; i++ {
+		werr = l.Write(context.Background(), testEntry(i, 700))
+	}
+	if !errors.Is(werr, syscall.ENOSPC) {
+		t.Fatalf("writing to a full disk: err = %v, want ENOSPC", werr)
+	}
+	written := requireValidLines(t, path)
+	fullfs.Free(t, dir)
+	if err := l.Write(context.Background(), testEntry(1000, 10)); err != nil {
+		t.Fatalf("writing once space is back: %v", err)
+	}
+	after := requireValidLines(t, path)
+	if len(after) != len(written)+1 || after[len(after)-1].PID != 2000 {
+		t.Fatalf("after freeing space: %d entries (last %+v), want the %d before and the new one", len(after), after[len(after)-1], len(written))
+	}
+}
+
+func TestOpenCutsATornLastLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	good := `{"timestamp":"2026-03-01T11:00:00Z","user":"root","action":"Signal","result":"success","details":""}` + "\n"
+	if err := os.WriteFile(path, []byte(good+`{"timestamp":"2026-03-01T11:00:01Z","user":"ro`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(Config{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := l.Write(context.Background(), testEntry(1, 0)); err != nil {
+		t.Fatal(err)
+	}
+	if got := requireValidLines(t, path); len(got) != 2 || got[0].Action != "Signal" || got[1].PID != 1001 {
+		t.Fatalf("entries = %+v, want the whole first line and the new one", got)
+	}
+}
+
+func TestIntentIsRecordedButNotMirrored(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	var mirrored []Result
+	l, err := Open(Config{Path: path, Mirror: func(e Entry) { mirrored = append(mirrored, e.Result) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	for _, r := range []Result{Intent, Success} {
+		if err := l.Write(context.Background(), Entry{User: "root", Action: "Signal", Result: r}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := requireValidLines(t, path); len(got) != 2 || got[0].Result != Intent || got[1].Result != Success {
+		t.Fatalf("entries = %+v, want intent then success", got)
+	}
+	if len(mirrored) != 1 || mirrored[0] != Success {
+		t.Fatalf("mirrored %v, want only the outcome", mirrored)
 	}
 }

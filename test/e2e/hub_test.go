@@ -139,8 +139,13 @@ type whyResp struct {
 }
 
 func getWhy(hub string) (whyResp, error) {
+	return ask(hub, "job_id=train/example")
+}
+
+// ask asks the hub why, with query naming the target.
+func ask(hub, query string) (whyResp, error) {
 	var w whyResp
-	resp, err := http.Get("http://" + hub + "/api/v1/why?job_id=train/example")
+	resp, err := http.Get("http://" + hub + "/api/v1/why?" + query)
 	if err != nil {
 		return w, err
 	}
@@ -191,6 +196,30 @@ func faultyGPUFirst(hub string) error {
 	return nil
 }
 
+// questions are what the test asks the hub about the incident: the job, a
+// node (the remediator's blast-radius question) and a rank, each on hosts
+// whose ranks only wait on node-3 across the network.
+var questions = []string{"job_id=train/example", "node=node-1", "node=node-2", "node=node-4",
+	"node=node-1&pid=3000", "node=node-2&pid=3100"}
+
+// firstCauses returns the first cause of each question, all of which must
+// be node-3's gpu-6.
+func firstCauses(hub string) (map[string]string, error) {
+	out := map[string]string{}
+	for _, q := range questions {
+		w, err := ask(hub, q)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", q, err)
+		}
+		if len(w.Causes) == 0 || w.Causes[0].NodeID != "node-3" || w.Causes[0].EntityID != "gpu-6" {
+			return nil, fmt.Errorf("%s: causes %+v", q, w.Causes)
+		}
+		c := w.Causes[0]
+		out[q] = fmt.Sprintf("%s/%s (%d ranks)", c.NodeID, c.EntityID, c.AffectedRanks)
+	}
+	return out, nil
+}
+
 // TestHubAndFourAgents: four agents replay an incident split by host into
 // one hub, which names the faulty GPU; the hub restarts and rebuilds from
 // the agents' snapshots; a dead agent's host turns stale; a fix goes
@@ -228,6 +257,12 @@ func TestHubAndFourAgents(t *testing.T) {
 		return nil
 	})
 
+	var before map[string]string
+	eventually(t, 30*time.Second, "every question names node-3/gpu-6", func() (err error) {
+		before, err = firstCauses(hubAddr)
+		return err
+	})
+
 	// Restart the hub: agents reconnect and resend their snapshots.
 	hub.kill()
 	_ = hub.cmd.Wait()
@@ -235,6 +270,20 @@ func TestHubAndFourAgents(t *testing.T) {
 	began := time.Now()
 	eventually(t, 10*time.Second, "after a hub restart, the same answer from snapshots", func() error { return faultyGPUFirst(hubAddr) })
 	t.Logf("hub rebuilt its view in %s", time.Since(began).Round(time.Millisecond))
+	// Per node and per rank too, with as many ranks behind the cause: the
+	// waits on other hosts' ranks come back with the snapshots.
+	eventually(t, 30*time.Second, "after a hub restart, the same first cause for every question", func() error {
+		after, err := firstCauses(hubAddr)
+		if err != nil {
+			return err
+		}
+		for _, q := range questions {
+			if after[q] != before[q] {
+				return fmt.Errorf("%s: %s after the restart, %s before", q, after[q], before[q])
+			}
+		}
+		return nil
+	})
 
 	// Every agent is back on the new hub.
 	eventually(t, 30*time.Second, "four agents connected", func() error {
@@ -369,6 +418,7 @@ func startAgents(t *testing.T, dir, hubAddr, token string, files map[string]stri
 		}
 		args := append([]string{"agent", "--node-name", node, "--web.listen-address", freePort(t),
 			"--config.file", cfg, "--ipc.socket", filepath.Join(dir, node+".sock"), "--audit.file", filepath.Join(dir, node+".audit"),
+			"--state.dir", filepath.Join(dir, "state"),
 			"--hub.url", "http://" + hubAddr, "--hub.token-file", token,
 			"--no-probe.kmsg", "--no-probe.nvml", "--no-probe.procfs", "--path.pod-resources", filepath.Join(dir, "none.sock")}, extra...)
 		agents[node] = start(t, node, args...)

@@ -6,7 +6,10 @@
 // Each program runs in its own process group, is restarted with
 // exponential backoff according to its restart policy, is rate-limited so a
 // flooding program cannot starve the agent, and on shutdown gets SIGTERM,
-// a grace period, then SIGKILL on the whole group. Bad lines are counted and
+// a grace period, then SIGKILL on the whole group. The leader dies with the
+// agent (parent-death signal), and a record per program under the agent's
+// state directory lets the next agent end what a killed one left of the
+// group before it starts its own copy. Bad lines are counted and
 // logged at a rate limit; stderr goes to the log, rate-limited too.
 //
 // The probe is enabled by default but inert without configuration: with no
@@ -40,6 +43,7 @@ func init() {
 // Probe supervises the configured programs.
 type Probe struct {
 	metrics *metrics
+	logger  *slog.Logger
 	progs   []*program
 }
 
@@ -62,10 +66,12 @@ func New(env probe.Env) (probe.Probe, error) {
 	if observe == nil {
 		observe = func(time.Duration, error) {}
 	}
-	p := &Probe{metrics: m}
+	p := &Probe{metrics: m, logger: logger}
+	rec := newRecords(env.StateDir, env.NodeName, logger)
 	for _, pc := range cfg.Programs {
 		prog := newProgram(pc, logger, observe, m)
 		prog.countReject = env.Reject
+		prog.rec = rec
 		p.progs = append(p.progs, prog)
 	}
 	return p, nil
@@ -79,6 +85,16 @@ func New(env probe.Env) (probe.Probe, error) {
 func (p *Probe) Run(ctx context.Context, sink probe.Sink) error {
 	if len(p.progs) == 0 {
 		return fmt.Errorf("no exec programs configured: %w", probe.ErrNoData)
+	}
+	// What a killed agent left running goes before the new copies start.
+	for _, prog := range p.progs {
+		n, err := prog.rec.reap(prog.cfg.Name)
+		if err != nil {
+			p.logger.Warn("ending what a previous agent left of a program", "program", prog.cfg.Name, "err", err)
+		}
+		if n > 0 {
+			p.logger.Info("killed the processes a previous agent left of a program", "program", prog.cfg.Name, "killed", n)
+		}
 	}
 	var wg sync.WaitGroup
 	for _, prog := range p.progs {

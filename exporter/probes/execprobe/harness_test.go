@@ -24,6 +24,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if cfg := os.Getenv(agentHelperEnv); cfg != "" {
+		os.Exit(runAgentHelper(cfg))
+	}
 	goleak.VerifyTestMain(m)
 }
 
@@ -156,12 +159,20 @@ type harness struct {
 
 func start(t *testing.T, config string) *harness {
 	t.Helper()
+	return startIn(t, config, "")
+}
+
+// startIn is start with the agent's state directory stateDir.
+func startIn(t *testing.T, config, stateDir string) *harness {
+	t.Helper()
 	h := &harness{t: t, sink: &sink{}, logs: &logStore{}, obs: &observer{}, done: make(chan error, 1)}
 	pr, err := New(probe.Env{
 		Logger:     slog.New(recordHandler{store: h.logs}),
 		Registerer: prometheus.NewRegistry(),
 		Config:     func(v any) error { return yaml.Unmarshal([]byte(config), v) },
 		Observe:    h.obs.observe,
+		StateDir:   stateDir,
+		NodeName:   "node-t",
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)

@@ -47,8 +47,10 @@ type program struct {
 	observe func(time.Duration, error)
 	// countReject feeds the agent's ark_events_rejected_total; may be nil.
 	countReject func(reason string)
-	m           *metrics
-	pm          programMetrics
+	// rec keeps the record of the running program for the next agent.
+	rec *records
+	m   *metrics
+	pm  programMetrics
 	// events and stderr are shared by all runs, so a restart does not
 	// refill the budget.
 	events *rate.Limiter
@@ -62,6 +64,7 @@ type program struct {
 
 func newProgram(cfg ProgramConfig, logger *slog.Logger, observe func(time.Duration, error), m *metrics) *program {
 	return &program{
+		rec:     newRecords("", "", logger),
 		cfg:     cfg,
 		logger:  logger.With("program", cfg.Name),
 		observe: observe,
@@ -130,10 +133,14 @@ func jitter(d time.Duration) time.Duration {
 func (p *program) runOnce(ctx context.Context, sink probe.Sink) error {
 	cmd := exec.Command(p.cfg.Command, p.cfg.Args...)
 	cmd.Dir = p.cfg.Dir
-	// Environ is the agent's environment with PWD matching Dir.
-	cmd.Env = append(cmd.Environ(), p.cfg.Env...)
-	// Its own process group, so a stop reaches the children it spawned.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Environ is the agent's environment with PWD matching Dir, and the
+	// run's mark, which its children inherit.
+	run := newRun()
+	cmd.Env = append(append(cmd.Environ(), p.cfg.Env...), runEnv+"="+run)
+	// Its own process group, so a stop reaches the children it spawned;
+	// the leader dies with the agent, even by SIGKILL (the next agent ends
+	// the rest of the group from the record).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	outR, outW, err := newPollPipe(readLinger)
 	if err != nil {
 		return p.startFailed(fmt.Errorf("creating stdout pipe: %w", err))
@@ -154,6 +161,10 @@ func (p *program) runOnce(ctx context.Context, sink probe.Sink) error {
 	}
 	started := time.Now()
 	pgid := cmd.Process.Pid
+	if err := p.rec.write(p.cfg.Name, pgid, run); err != nil {
+		p.logger.Warn("a restarted agent will not find this program if this one is killed", "err", err)
+	}
+	defer p.rec.remove(p.cfg.Name)
 	p.pm.up.Set(1)
 	p.observe(0, nil)
 	p.logger.Info("program started", "pid", pgid)
