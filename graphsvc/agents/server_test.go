@@ -19,6 +19,7 @@ import (
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/exporter/forwarder"
 	"github.com/ark-gpu/ark/graphsvc/agents"
+	"github.com/ark-gpu/ark/internal/auth"
 	"github.com/ark-gpu/ark/link"
 )
 
@@ -575,22 +576,47 @@ func TestNewServerNeedsAWayToAuthenticate(t *testing.T) {
 	}
 }
 
-func TestBearerToken(t *testing.T) {
-	for _, tt := range []struct {
-		token, header string
-		ok            bool
-	}{
-		{"abc", "Bearer abc", true},
-		{"abc", "Bearer  abc ", true},
-		{"abc", "Bearer abcd", false},
-		{"abc", "bearer abc", false},
-		{"", "Bearer ", false},
-	} {
-		r := httptest.NewRequest(http.MethodGet, link.Path, nil)
-		r.Header.Set("Authorization", tt.header)
-		_, err := agents.BearerToken(tt.token).Authenticate(r)
-		if (err == nil) != tt.ok {
-			t.Errorf("token %q header %q: %v", tt.token, tt.header, err)
+// RFC 7235: "bearer" and "BEARER" name the same scheme.
+func TestTheBearerSchemeIsCaseInsensitive(t *testing.T) {
+	h := startHub(t, "", agents.Options{Token: "s3cret"})
+	for _, scheme := range []string{"bearer", "BEARER"} {
+		ws, resp, err := websocket.Dial(context.Background(), h.url(),
+			&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {scheme + " s3cret"}}})
+		if err != nil {
+			t.Fatalf("scheme %q: %v (%v)", scheme, err, resp)
 		}
+		ws.CloseNow()
+	}
+}
+
+// A per-node token speaks for its node only: hello as another node closes
+// the link with the reason, and that node's own link stays.
+func TestANodeTokenMaySayHelloOnlyAsItsNode(t *testing.T) {
+	nt, err := auth.ParseNodeTokens([]byte("node-1:tok-1\nnode-3:tok-3\n"), "node-tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startHub(t, "", agents.Options{Auth: auth.AnyOf{auth.Token("shared"), nt}})
+	if _, f, err := dialWith(t, h.url(), "tok-3", "node-3"); err != nil || f.Type != link.TypeWelcome {
+		t.Fatalf("node-3 with its token: %v %v", f, err)
+	}
+	_, _, err = dialWith(t, h.url(), "tok-1", "node-3")
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.StatusPolicyViolation || !strings.Contains(ce.Reason, `may not connect as node "node-3"`) {
+		t.Fatalf("node-1's token as node-3: %v, want a policy-violation close naming node-3", err)
+	}
+	if got := h.rejected("node_mismatch"); got != 1 {
+		t.Errorf(`ark_hub_frames_rejected_total{reason="node_mismatch"} = %v, want 1`, got)
+	}
+	agentsByNode := map[string]agents.AgentInfo{}
+	for _, a := range h.srv.Agents() {
+		agentsByNode[a.Node] = a
+	}
+	if a := agentsByNode["node-3"]; !a.Connected || a.Identity != "node-token" {
+		t.Errorf("node-3's own link after the forged hello: %+v, want still connected", a)
+	}
+	// The shared token still speaks for any node.
+	if _, f, err := dialWith(t, h.url(), "shared", "node-7"); err != nil || f.Type != link.TypeWelcome {
+		t.Fatalf("the shared token as node-7: %v %v", f, err)
 	}
 }

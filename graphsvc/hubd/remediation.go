@@ -16,7 +16,7 @@ import (
 	"github.com/ark-gpu/ark/exporter/audit"
 	"github.com/ark-gpu/ark/graph"
 	"github.com/ark-gpu/ark/graphsvc"
-	"github.com/ark-gpu/ark/graphsvc/agents"
+	"github.com/ark-gpu/ark/internal/auth"
 	"github.com/ark-gpu/ark/remediator"
 )
 
@@ -166,10 +166,10 @@ func readBasicAuth(path string) (map[string]string, error) {
 func authFunc(token string, users map[string]string) func(user, pass, bearer string) bool {
 	return func(user, pass, bearer string) bool {
 		if bearer != "" {
-			return agents.BearerToken(token).Matches(bearer)
+			return auth.Token(token).Matches(bearer)
 		}
 		want, ok := users[user]
-		return ok && agents.BearerToken(want).Matches(pass)
+		return ok && auth.Token(want).Matches(pass)
 	}
 }
 
