@@ -1,6 +1,10 @@
 package agents
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ark-gpu/ark/event"
+)
 
 // metrics are the link's series. The names carry "link" where the hub
 // (graphsvc) has a series of its own for the same idea, so both can share
@@ -37,7 +41,7 @@ func newMetrics(s *Server) *metrics {
 			"Agents the link knows, by state: connected, or stale (the link is down and the node's data may be out of date).",
 			[]string{"state"}, nil),
 	}
-	for _, r := range []string{"malformed", "unknown_type", "too_big", "unexpected", "bad_node", "node_mismatch", "no_hello", "idle"} {
+	for _, r := range []string{"malformed", "unknown_type", event.ReasonTooManyAttrs, "too_big", "unexpected", "bad_node", "node_mismatch", "no_hello", "idle"} {
 		m.rejected.WithLabelValues(r)
 	}
 	return m

@@ -477,8 +477,12 @@ func (ss *session) rejectRead(err error) {
 }
 
 func decodeReason(err error) string {
-	if errors.Is(err, link.ErrUnknownType) {
+	var re *event.RejectError
+	switch {
+	case errors.Is(err, link.ErrUnknownType):
 		return "unknown_type"
+	case errors.As(err, &re) && re.Reason == event.ReasonTooManyAttrs:
+		return event.ReasonTooManyAttrs
 	}
 	return "malformed"
 }

@@ -3,6 +3,7 @@ package agents_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -323,6 +324,7 @@ func TestABadFrameClosesOnlyThatLink(t *testing.T) {
 		{"events before hello", false, []byte(`{"type":"events","seq":1}`), "unexpected", websocket.StatusPolicyViolation, "expected hello, got events"},
 		{"a node name that reaches into another namespace", false, []byte(`{"type":"hello","v":1,"node":"good/pid-1"}`), "bad_node", websocket.StatusPolicyViolation, `invalid node name "good/pid-1"`},
 		{"an old protocol", false, []byte(`{"type":"hello","v":0,"node":"old"}`), "malformed", websocket.StatusPolicyViolation, "protocol version 0"},
+		{"an event with 100,000 attrs", true, manyAttrsFrame(100_000), "too_many_attrs", websocket.StatusPolicyViolation, "too_many_attrs: more than 64 attrs"},
 		{"oversized", true, append(append([]byte(`{"type":"events","seq":1,"message":"`), strings.Repeat("x", link.MaxFrameBytes)...), `"}`...), "too_big", 0, ""},
 	}
 	for _, tt := range tests {
@@ -350,6 +352,20 @@ func TestABadFrameClosesOnlyThatLink(t *testing.T) {
 	if as := h.srv.Agents(); len(as) != 2 || as[0].Node != "bad" || as[0].Connected || !as[1].Connected {
 		t.Errorf("Agents() = %+v, want bad disconnected and good connected", as)
 	}
+}
+
+// manyAttrsFrame is an events frame of one event with n distinct attrs.
+func manyAttrsFrame(n int) []byte {
+	var b strings.Builder
+	b.WriteString(`{"type":"events","seq":1,"events":[{"ts":1764300000000,"event_type":"error.hw","entity_id":"gpu-0","value":"x","attrs":{`)
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `"k%d":"v"`, i)
+	}
+	b.WriteString("}}]}")
+	return []byte(b.String())
 }
 
 func TestHelloMustComeInTime(t *testing.T) {
