@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"go.opentelemetry.io/collector/pdata/ptrace/ptraceotlp"
 
 	"github.com/ark-gpu/ark/event"
 )
@@ -24,13 +23,8 @@ func TestOTLPDropsASpanWithMoreThanMaxAttrs(t *testing.T) {
 	for i := range 1000 {
 		many.Attrs = append(many.Attrs, event.Attr{Key: "k" + strconv.Itoa(i), Value: "v"})
 	}
-	td := EventsToTraces([]event.Event{ok, many})
-	body, err := ptraceotlp.NewExportRequestFromTraces(td).MarshalProto()
-	if err != nil {
-		t.Fatal(err)
-	}
 	th := newTestHub(t, Options{})
-	code, out, ct := th.post(t, "/v1/traces", contentProtobuf, "", body)
+	code, out, ct := th.post(t, "/v1/traces", contentProtobuf, "", tracesProto(t, []event.Event{ok, many}))
 	if code != http.StatusOK {
 		t.Fatalf("status %d: %s", code, out)
 	}

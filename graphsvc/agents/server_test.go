@@ -3,10 +3,10 @@ package agents_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -356,16 +356,15 @@ func TestABadFrameClosesOnlyThatLink(t *testing.T) {
 
 // manyAttrsFrame is an events frame of one event with n distinct attrs.
 func manyAttrsFrame(n int) []byte {
-	var b strings.Builder
-	b.WriteString(`{"type":"events","seq":1,"events":[{"ts":1764300000000,"event_type":"error.hw","entity_id":"gpu-0","value":"x","attrs":{`)
-	for i := range n {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, `"k%d":"v"`, i)
+	ev := event.Event{TS: t0, Type: event.ErrorHW, EntityID: "gpu-0", Value: "x", Attrs: make(event.Attrs, n)}
+	for i := range ev.Attrs {
+		ev.Attrs[i] = event.Attr{Key: "k" + strconv.Itoa(i), Value: "v"}
 	}
-	b.WriteString("}}]}")
-	return []byte(b.String())
+	b, err := link.Encode(&link.Frame{Type: link.TypeEvents, Seq: 1, Events: []event.Event{ev}})
+	if err != nil {
+		panic(err)
+	}
+	return b
 }
 
 func TestHelloMustComeInTime(t *testing.T) {

@@ -23,17 +23,6 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func request(authorization string) *http.Request {
 	r := httptest.NewRequest(http.MethodGet, "/", nil)
 	if authorization != "" {
@@ -146,6 +135,24 @@ func TestNodeTokenFileErrorsNameTheLine(t *testing.T) {
 	}
 }
 
+func TestBasicUsersMatchOnlyTheirOwnPassword(t *testing.T) {
+	users, err := auth.ParseBasicUsers([]byte("# alertmanager\nam:pa:ss\n\nother:x\n"), "f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		user, pass string
+		ok         bool
+	}{{"am", "pa:ss", true}, {"other", "x", true}, {"am", "x", false}, {"nobody", "x", false}, {"", "", false}} {
+		if got := users.Matches(tt.user, tt.pass); got != tt.ok {
+			t.Errorf("%s:%s: %v, want %v", tt.user, tt.pass, got, tt.ok)
+		}
+	}
+	if _, err := auth.ParseBasicUsers([]byte("am:\n"), "f"); err == nil || err.Error() != "f:1: want user:password" {
+		t.Errorf("a user without a password: %v", err)
+	}
+}
+
 func TestAnyOfTakesTheFirstThatAcceptsAndStatusCodeMapsTheRefusal(t *testing.T) {
 	nt, err := auth.ParseNodeTokens([]byte("node-1:n1\n"), "f")
 	if err != nil {
@@ -187,12 +194,14 @@ func (f authFunc) Authenticate(r *http.Request) (auth.Identity, error) { return 
 // are not tokens never reach it.
 func TestTokenReviewsInFlightAreBounded(t *testing.T) {
 	release := make(chan struct{})
+	reviewing := make(chan struct{}, 4)
 	var mu sync.Mutex
 	calls := 0
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		mu.Lock()
 		calls++
 		mu.Unlock()
+		reviewing <- struct{}{}
 		<-release
 		http.Error(w, "gone", http.StatusServiceUnavailable)
 	}))
@@ -210,7 +219,11 @@ func TestTokenReviewsInFlightAreBounded(t *testing.T) {
 	}
 	jwt := "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"
 	go func() { _, _ = tr.Authenticate(req(jwt)) }()
-	eventually(t, "the first review in flight", func() bool { mu.Lock(); defer mu.Unlock(); return calls == 1 })
+	select {
+	case <-reviewing:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first review never reached the API server")
+	}
 	if _, err := tr.Authenticate(req(strings.Replace(jwt, "x", "y", 1))); !errors.Is(err, auth.ErrBusy) {
 		t.Fatalf("second review while one is in flight: %v, want ErrBusy", err)
 	}

@@ -23,27 +23,71 @@ type NodeTokens struct {
 func ParseNodeTokens(b []byte, name string) (*NodeTokens, error) {
 	nt := &NodeTokens{byDigest: map[[sha256.Size]byte]string{}}
 	nodes := map[string]int{}
+	err := colonLines(b, name, "node:token", func(line int, node, tok string) error {
+		node, tok = strings.TrimSpace(node), strings.TrimSpace(tok)
+		if node == "" || tok == "" {
+			return fmt.Errorf("%s:%d: want node:token", name, line)
+		}
+		if first, dup := nodes[node]; dup {
+			return fmt.Errorf("%s:%d: node %q already has a token (line %d)", name, line, node, first)
+		}
+		nodes[node] = line
+		d := sha256.Sum256([]byte(tok))
+		if other, dup := nt.byDigest[d]; dup {
+			return fmt.Errorf("%s:%d: node %q has the same token as node %q", name, line, node, other)
+		}
+		nt.byDigest[d] = node
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return nt, nil
+}
+
+// colonLines calls f with the 1-based number and the two halves of each
+// "key:value" line of b, skipping blank lines and # comments; a line
+// without a key or a value is an error saying what is wanted.
+func colonLines(b []byte, name, want string, f func(line int, k, v string) error) error {
 	for i, line := range strings.Split(string(b), "\n") {
 		line = strings.TrimSpace(line)
 		if line == "" || strings.HasPrefix(line, "#") {
 			continue
 		}
-		node, tok, ok := strings.Cut(line, ":")
-		node, tok = strings.TrimSpace(node), strings.TrimSpace(tok)
-		if !ok || node == "" || tok == "" {
-			return nil, fmt.Errorf("%s:%d: want node:token", name, i+1)
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || k == "" || v == "" {
+			return fmt.Errorf("%s:%d: want %s", name, i+1, want)
 		}
-		if first, dup := nodes[node]; dup {
-			return nil, fmt.Errorf("%s:%d: node %q already has a token (line %d)", name, i+1, node, first)
+		if err := f(i+1, k, v); err != nil {
+			return err
 		}
-		nodes[node] = i + 1
-		d := sha256.Sum256([]byte(tok))
-		if other, dup := nt.byDigest[d]; dup {
-			return nil, fmt.Errorf("%s:%d: node %q has the same token as node %q", name, i+1, node, other)
-		}
-		nt.byDigest[d] = node
 	}
-	return nt, nil
+	return nil
+}
+
+// BasicUsers are the user:password pairs HTTP basic auth accepts (e.g.
+// from Alertmanager's basic_auth).
+type BasicUsers map[string]string
+
+// ParseBasicUsers reads "user:password" lines (blank lines and # comments
+// skipped); name is the file's name in errors.
+func ParseBasicUsers(b []byte, name string) (BasicUsers, error) {
+	users := BasicUsers{}
+	err := colonLines(b, name, "user:password", func(_ int, u, p string) error {
+		users[u] = p
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return users, nil
+}
+
+// Matches reports whether pass is user's password, in time independent of
+// both.
+func (u BasicUsers) Matches(user, pass string) bool {
+	want, ok := u[user]
+	return ok && Token(want).Matches(pass)
 }
 
 // LoadNodeTokens reads a node token file (ParseNodeTokens).
