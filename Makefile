@@ -59,10 +59,11 @@ bench-remediation: kube
 bench-hub:
 	hack/bench-hub.sh 10000 40
 
-## fuzz: run the event and link-frame decoder fuzzers for a while each (FUZZTIME=2m)
+## fuzz: run the event decoder, its attrs bound and the link-frame decoder fuzzers for a while each (FUZZTIME=2m)
 FUZZTIME ?= 60s
 fuzz:
 	$(GO) test ./event -run '^$$' -fuzz FuzzDecode -fuzztime $(FUZZTIME)
+	$(GO) test ./event -run '^$$' -fuzz FuzzAttrs -fuzztime $(FUZZTIME)
 	$(GO) test ./link -run '^$$' -fuzz FuzzDecodeFast -fuzztime $(FUZZTIME)
 
 ## demo: Ark's main job on the shipped incident recording

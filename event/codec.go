@@ -20,7 +20,7 @@ type Decoder struct {
 	max      int
 	line     int64
 	accepted uint64
-	rejected [5]uint64
+	rejected [len(reasons)]uint64
 }
 
 // DecoderOption configures a Decoder.

@@ -85,8 +85,57 @@ type Attr struct {
 
 // Attrs are an event's extra labels. They are a slice rather than a map so a
 // decoder can reuse their storage from one event to the next; events carry a
-// handful of attrs, so a linear lookup is cheaper than hashing.
+// handful of attrs (at most MaxAttrs), so a linear lookup is cheaper than
+// hashing.
 type Attrs []Attr
+
+// MaxAttrs bounds the attrs of one event: a decoder rejects an event with
+// more (ReasonTooManyAttrs), so a hostile sender cannot make one event cost
+// the hub seconds or megabytes.
+const MaxAttrs = 64
+
+// compactPairwise is how many attrs Compact compares pairwise (at most 28
+// comparisons); past it, a map finds repeats.
+const compactPairwise = 8
+
+// Compact removes repeated keys in place, keeping each key where it first
+// appeared with the last value given for it (what Set would have made of
+// them), in time linear in len(a). Decoders append keys as they come and
+// compact once, rather than Set each key, which searches all earlier keys.
+func (a *Attrs) Compact() {
+	s := *a
+	if len(s) < 2 {
+		return
+	}
+	w := 0
+	if len(s) <= compactPairwise {
+		for _, kv := range s {
+			j := 0
+			for j < w && s[j].Key != kv.Key {
+				j++
+			}
+			if j < w {
+				s[j].Value = kv.Value
+				continue
+			}
+			s[w] = kv
+			w++
+		}
+	} else {
+		at := make(map[string]int, len(s))
+		for _, kv := range s {
+			if j, ok := at[kv.Key]; ok {
+				s[j].Value = kv.Value
+				continue
+			}
+			at[kv.Key] = w
+			s[w] = kv
+			w++
+		}
+	}
+	clear(s[w:])
+	*a = s[:w]
+}
 
 // Get returns the value of key, or "" when it is absent.
 func (a Attrs) Get(key string) string {

@@ -13,10 +13,14 @@ const (
 	ReasonUnknownType  = "unknown_event_type"
 	ReasonMissingField = "missing_field"
 	ReasonInvalidField = "invalid_field"
+	ReasonTooManyAttrs = "too_many_attrs" // more than MaxAttrs attrs
 )
 
+var reasons = [...]string{ReasonNotJSON, ReasonTooLong, ReasonUnknownType, ReasonMissingField, ReasonInvalidField,
+	ReasonTooManyAttrs}
+
 // Reasons lists every rejection reason, so counters can be exported at zero.
-var Reasons = []string{ReasonNotJSON, ReasonTooLong, ReasonUnknownType, ReasonMissingField, ReasonInvalidField}
+var Reasons = reasons[:]
 
 func reasonIndex(r string) int {
 	for i, x := range Reasons {
@@ -185,8 +189,8 @@ func parseLine(s string, ev *Event) error {
 				badField = "value"
 			}
 		case "attrs":
-			if ok := p.attrs(ev, &badField); !ok {
-				return reject(ReasonNotJSON, p.errOr("bad attrs"))
+			if err := p.attrs(ev, &badField); err != nil {
+				return err
 			}
 		default:
 			if !p.skip(0) {
@@ -228,6 +232,7 @@ end:
 	case badField != "":
 		return reject(ReasonInvalidField, "invalid "+badField)
 	}
+	ev.Attrs.Compact()
 	return nil
 }
 
@@ -493,40 +498,47 @@ func (p *parser) hex4() (rune, bool) {
 }
 
 // attrs reads the attrs object. Values must be strings; numbers and booleans
-// are kept as their text, anything nested marks the field invalid.
-func (p *parser) attrs(ev *Event, badField *string) bool {
+// are kept as their text, anything nested marks the field invalid. Keys are
+// appended as they come, without looking for an earlier one (parseLine
+// compacts repeated keys once, in linear time), and past MaxAttrs the line
+// is rejected without reading further.
+func (p *parser) attrs(ev *Event, badField *string) error {
+	bad := func() error { return reject(ReasonNotJSON, p.errOr("bad attrs")) }
 	if p.lit("null") {
-		return true
+		return nil
 	}
 	if !p.eat('{') {
 		if !p.skip(0) {
-			return false
+			return bad()
 		}
 		*badField = "attrs"
-		return true
+		return nil
 	}
 	p.ws()
 	if p.eat('}') {
-		return true
+		return nil
 	}
 	for {
 		p.ws()
 		k, ok := p.str()
 		if !ok {
-			return false
+			return bad()
 		}
 		p.ws()
 		if !p.eat(':') {
-			return false
+			return bad()
 		}
 		p.ws()
 		v, kind, ok := p.scalar()
 		if !ok {
-			return false
+			return bad()
 		}
 		switch kind {
 		case kindString, kindNumber, kindBool:
-			ev.Attrs.Set(k, v)
+			if len(ev.Attrs) == MaxAttrs {
+				return reject(ReasonTooManyAttrs, "more than "+strconv.Itoa(MaxAttrs)+" attrs")
+			}
+			ev.Attrs = append(ev.Attrs, Attr{Key: k, Value: v})
 		case kindOther:
 			*badField = "attrs"
 		}
@@ -534,7 +546,10 @@ func (p *parser) attrs(ev *Event, badField *string) bool {
 		if p.eat(',') {
 			continue
 		}
-		return p.eat('}')
+		if !p.eat('}') {
+			return bad()
+		}
+		return nil
 	}
 }
 

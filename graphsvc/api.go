@@ -19,7 +19,7 @@ import (
 
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/graph"
-	"github.com/ark-gpu/ark/graphsvc/agents"
+	"github.com/ark-gpu/ark/internal/auth"
 	"github.com/ark-gpu/ark/link"
 )
 
@@ -348,11 +348,11 @@ type FixRequest struct {
 	User string `json:"user,omitempty"`
 }
 
-// authorized reports whether r carries the hub's bearer token. Comparing
-// digests keeps the time independent of both the content and the length.
+// authorized reports whether r carries the hub's shared token: a fix may
+// reach any node, so a node-bound credential does not do.
 func (h *Hub) authorized(r *http.Request) bool {
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && agents.BearerToken(h.opts.Token).Matches(strings.TrimSpace(got))
+	got, ok := auth.Bearer(r)
+	return ok && auth.Token(h.opts.Token).Matches(got)
 }
 
 func (h *Hub) fixFailed(w http.ResponseWriter, code int, result, msg string) {
@@ -362,7 +362,7 @@ func (h *Hub) fixFailed(w http.ResponseWriter, code int, result, msg string) {
 
 func (h *Hub) handleFix(w http.ResponseWriter, r *http.Request) {
 	if !h.authorized(r) {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="ark-hub"`)
+		w.Header().Set("WWW-Authenticate", auth.Challenge)
 		h.fixFailed(w, http.StatusUnauthorized, resultUnauthorized, "missing or invalid bearer token")
 		return
 	}

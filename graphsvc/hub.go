@@ -24,6 +24,7 @@ import (
 
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/graph"
+	"github.com/ark-gpu/ark/internal/auth"
 	"github.com/ark-gpu/ark/link"
 )
 
@@ -55,9 +56,13 @@ type Options struct {
 	// Graph bounds and tunes the global graph; its MaxNodes and MaxEdges
 	// bound the hub's memory.
 	Graph graph.Options
-	// Token is the bearer token mutating calls (POST /api/v1/fix) need.
-	// Empty refuses every mutating call.
+	// Token is the shared bearer token: POST /api/v1/fix needs it, and
+	// without Auth it also authenticates OTLP ingest. Empty refuses every
+	// such call.
 	Token string
+	// Auth authenticates writes into the graph (OTLP ingest) instead of
+	// Token; an identity bound to a node may only send that node's events.
+	Auth auth.Authenticator
 	// Logger defaults to discarding.
 	Logger *slog.Logger
 	// Registerer receives the hub's metrics; Gatherer serves /metrics. When
@@ -108,6 +113,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxBodyBytes <= 0 {
 		o.MaxBodyBytes = 16 << 20
+	}
+	if o.Auth == nil {
+		o.Auth = auth.Token(o.Token)
 	}
 	return o
 }

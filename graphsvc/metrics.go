@@ -33,9 +33,17 @@ const (
 	otlpBadEncoding     = "bad_content_encoding"
 	otlpTooLarge        = "too_large"
 	otlpUnsupportedType = "unsupported_content_type"
+	// otlpUnauthenticated: no valid credential (401).
+	otlpUnauthenticated = "unauthenticated"
+	// otlpForbidden: a credential that may not write, or not for a host
+	// the request names (403).
+	otlpForbidden = "forbidden"
+	// otlpAuthUnavailable: the credential could not be checked now (503).
+	otlpAuthUnavailable = "auth_unavailable"
 )
 
-var otlpReasons = []string{otlpInvalidBody, otlpBadEncoding, otlpTooLarge, otlpUnsupportedType}
+var otlpReasons = []string{otlpInvalidBody, otlpBadEncoding, otlpTooLarge, otlpUnsupportedType,
+	otlpUnauthenticated, otlpForbidden, otlpAuthUnavailable}
 
 // metrics are the hub's own series; the graph's sizes are read at scrape
 // time by the hub's collector.

@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/collector/pdata/ptrace/ptraceotlp"
 
 	"github.com/ark-gpu/ark/event"
+	"github.com/ark-gpu/ark/internal/auth"
 )
 
 // OTLP/HTTP content types.
@@ -105,25 +106,62 @@ func (h *Hub) handleLogs(w http.ResponseWriter, r *http.Request)   { h.serveOTLP
 // serveOTLP reads one OTLP/HTTP export request as the Collector's otlphttp
 // exporter sends it, applies its events and answers in the request's
 // encoding, with a partial success naming what was dropped.
+//
+// Ingest writes into the graph, so it authenticates like the agent link,
+// before the body is read; a credential bound to a node may only send
+// that node's events, or nothing of the request is applied.
 func (h *Hub) serveOTLP(w http.ResponseWriter, r *http.Request, sig otlpSignal) {
-	json, body, oerr := h.readOTLP(w, r)
+	oerr := h.ingestOTLP(w, r, sig)
 	if oerr == nil {
-		evs, dropped, err := sig.decode(body, json)
-		if err != nil {
-			enc := "protobuf"
-			if json {
-				enc = "JSON"
-			}
-			oerr = &otlpError{http.StatusBadRequest, otlpInvalidBody,
-				fmt.Sprintf("invalid OTLP %s request: body is not an OTLP %s ExportRequest: %v", sig.name, enc, err)}
-		} else {
-			h.applyOTLP(w, evs, dropped, json, sig)
-			return
-		}
+		return
 	}
 	h.m.otlpRejected.WithLabelValues(oerr.reason).Inc()
-	h.log.Debug("OTLP request rejected", "signal", sig.name, "reason", oerr.reason, "err", oerr.msg)
+	h.log.Debug("OTLP request rejected", "signal", sig.name, "reason", oerr.reason, "err", oerr.msg, "remote", r.RemoteAddr)
+	switch oerr.code {
+	case http.StatusUnauthorized:
+		w.Header().Set("WWW-Authenticate", auth.Challenge)
+	case http.StatusServiceUnavailable:
+		w.Header().Set("Retry-After", "5")
+	}
 	writeError(w, oerr.code, oerr.msg)
+}
+
+// ingestOTLP authenticates, reads and applies one request; on a refusal it
+// writes nothing and returns why.
+func (h *Hub) ingestOTLP(w http.ResponseWriter, r *http.Request, sig otlpSignal) *otlpError {
+	id, err := h.opts.Auth.Authenticate(r)
+	if err != nil {
+		code := auth.StatusCode(err)
+		reason := otlpAuthUnavailable
+		switch code {
+		case http.StatusUnauthorized:
+			reason = otlpUnauthenticated
+		case http.StatusForbidden:
+			reason = otlpForbidden
+		}
+		return &otlpError{code, reason, err.Error()}
+	}
+	json, body, oerr := h.readOTLP(w, r)
+	if oerr != nil {
+		return oerr
+	}
+	evs, dropped, err := sig.decode(body, json)
+	if err != nil {
+		enc := "protobuf"
+		if json {
+			enc = "JSON"
+		}
+		return &otlpError{http.StatusBadRequest, otlpInvalidBody,
+			fmt.Sprintf("invalid OTLP %s request: body is not an OTLP %s ExportRequest: %v", sig.name, enc, err)}
+	}
+	for i := range evs {
+		if !id.Allows(evs[i].NodeID) {
+			return &otlpError{http.StatusForbidden, otlpForbidden,
+				fmt.Sprintf("the credential of node %q may not send events for host %q", id.Node, evs[i].NodeID)}
+		}
+	}
+	h.applyOTLP(w, evs, dropped, json, sig)
+	return nil
 }
 
 func (h *Hub) applyOTLP(w http.ResponseWriter, evs []event.Event, dropped Dropped, json bool, sig otlpSignal) {

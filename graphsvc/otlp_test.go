@@ -67,9 +67,15 @@ func gzipped(t *testing.T, b []byte) []byte {
 	return buf.Bytes()
 }
 
-// post sends body to path with the given headers and returns the status,
-// the response body and its Content-Type.
+// post sends body to path with the hub's token and the given headers and
+// returns the status, the response body and its Content-Type.
 func (th *testHub) post(t *testing.T, path, contentType, encoding string, body []byte) (int, []byte, string) {
+	t.Helper()
+	return th.postAs(t, "Bearer "+testToken, path, contentType, encoding, body)
+}
+
+// postAs is post with this Authorization header ("": none).
+func (th *testHub) postAs(t *testing.T, authorization, path, contentType, encoding string, body []byte) (int, []byte, string) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, th.srv.URL+path, bytes.NewReader(body))
 	if err != nil {
@@ -78,6 +84,9 @@ func (th *testHub) post(t *testing.T, path, contentType, encoding string, body [
 	req.Header.Set("Content-Type", contentType)
 	if encoding != "" {
 		req.Header.Set("Content-Encoding", encoding)
+	}
+	if authorization != "" {
+		req.Header.Set("Authorization", authorization)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

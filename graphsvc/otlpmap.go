@@ -315,6 +315,7 @@ func eventFrom(node string, attrs pcommon.Map, tsNanos uint64, body *pcommon.Val
 	var typ string
 	hasValue := false
 	bad := false
+	tooMany := false
 	for k, v := range attrs.All() {
 		switch k {
 		case AttrEventType:
@@ -333,10 +334,15 @@ func eventFrom(node string, attrs pcommon.Map, tsNanos uint64, body *pcommon.Val
 			ev.PID = pid
 		default:
 			if key, ok := strings.CutPrefix(k, AttrPrefix); ok && key != "" {
+				if len(ev.Attrs) == event.MaxAttrs {
+					tooMany = true
+					continue
+				}
 				ev.Attrs = append(ev.Attrs, event.Attr{Key: key, Value: v.AsString()})
 			}
 		}
 	}
+	ev.Attrs.Compact()
 	if !hasValue && body != nil && body.Type() != pcommon.ValueTypeEmpty {
 		ev.Value, hasValue = body.AsString(), true
 	}
@@ -353,6 +359,8 @@ func eventFrom(node string, attrs pcommon.Map, tsNanos uint64, body *pcommon.Val
 		return ev, event.ReasonMissingField
 	case bad:
 		return ev, event.ReasonInvalidField
+	case tooMany:
+		return ev, event.ReasonTooManyAttrs
 	}
 	return ev, ""
 }

@@ -21,6 +21,8 @@ import (
 
 	"github.com/ark-gpu/ark/internal/audit"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/ark-gpu/ark/internal/auth"
 )
 
 // WebhookVersion is the Alertmanager webhook payload version accepted.
@@ -233,9 +235,8 @@ func (r *Remediator) authorized(req *http.Request) bool {
 	if user, pass, ok := req.BasicAuth(); ok {
 		return r.o.Auth(user, pass, "")
 	}
-	h := req.Header.Get("Authorization")
-	if tok, ok := strings.CutPrefix(h, "Bearer "); ok && strings.TrimSpace(tok) != "" {
-		return r.o.Auth("", "", strings.TrimSpace(tok))
+	if tok, ok := auth.Bearer(req); ok {
+		return r.o.Auth("", "", tok)
 	}
 	return false
 }

@@ -24,8 +24,9 @@ func newHubCmd() *cobra.Command {
 		memLimit                                  int64
 		rem                                       = hubd.RemediationConfig{LeaderElect: true}
 		policyFile                                string
-		tokenReview                               bool
+		tokenReview, allowUnbound                 bool
 		trAudiences, trUsers                      []string
+		nodeTokenFile                             string
 	)
 	cmd := &cobra.Command{
 		Use:   "hub",
@@ -59,9 +60,10 @@ func newHubCmd() *cobra.Command {
 				_, _ = fmt.Fprintf(cmd.OutOrStdout(), "%s: remediation policy OK\n", policyFile)
 				return nil
 			}
-			cfg := hubd.Config{Graph: gopts, TokenFile: tokenFile, Logger: logger, EnablePprof: pprofOn}
+			cfg := hubd.Config{Graph: gopts, TokenFile: tokenFile, NodeTokenFile: nodeTokenFile, Logger: logger, EnablePprof: pprofOn}
 			if tokenReview {
-				cfg.AgentTokenReview = &hubd.TokenReviewConfig{Kubeconfig: rem.Kubeconfig, Audiences: trAudiences, Users: trUsers}
+				cfg.AgentTokenReview = &hubd.TokenReviewConfig{Kubeconfig: rem.Kubeconfig, Audiences: trAudiences, Users: trUsers,
+					AllowUnbound: allowUnbound}
 			}
 			if policyFile != "" {
 				rem.PolicyFile = policyFile
@@ -83,13 +85,15 @@ func newHubCmd() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&addr, "web.listen-address", ":9465", "address for the API, the agent link, OTLP and /metrics")
-	f.StringVar(&tokenFile, "token-file", envOr("ARK_TOKEN_FILE", ""), "bearer token that agents and mutating calls must present")
+	f.StringVar(&tokenFile, "token-file", envOr("ARK_TOKEN_FILE", ""), "shared bearer token: agents, OTLP senders and fix present it, and may then speak for any node")
+	f.StringVar(&nodeTokenFile, "agent-auth.node-token-file", "", "per-node tokens, node:token lines: an agent or OTLP sender presenting one speaks only for its node")
 	f.StringVar(&cert, "tls.cert-file", "", "TLS certificate (with --tls.key-file)")
 	f.StringVar(&key, "tls.key-file", "", "TLS key")
 	f.StringVar(&ttl, "graph.ttl", "", "expire graph nodes and edges without events for this long (default 5m)")
 	f.StringVar(&logLevel, "log.level", "info", "log level: debug, info, warn, error")
 	f.BoolVar(&pprofOn, "web.enable-pprof", false, "serve Go profiles under /debug/pprof/")
-	f.BoolVar(&tokenReview, "agent-auth.tokenreview", false, "also accept agents whose Kubernetes ServiceAccount token the TokenReview API accepts (in-cluster or --kubeconfig)")
+	f.BoolVar(&tokenReview, "agent-auth.tokenreview", false, "also accept agents and OTLP senders whose Kubernetes ServiceAccount token the TokenReview API accepts (in-cluster or --kubeconfig), each only for the node of the pod the token is bound to")
+	f.BoolVar(&allowUnbound, "agent-auth.allow-unbound-tokens", false, "with --agent-auth.tokenreview, accept tokens bound to no node (clusters before Kubernetes 1.30) for every node")
 	f.StringSliceVar(&trAudiences, "agent-auth.audience", []string{"ark-hub"}, "audiences an agent's token must be bound to")
 	f.StringSliceVar(&trUsers, "agent-auth.users", []string{"system:serviceaccount:ark-system:ark-agent"}, "users that may connect as agents")
 	f.BoolVar(&checkConfig, "check-config", false, "check the remediation policy (--remediation.policy) and exit")

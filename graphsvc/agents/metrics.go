@@ -1,6 +1,10 @@
 package agents
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ark-gpu/ark/event"
+)
 
 // metrics are the link's series. The names carry "link" where the hub
 // (graphsvc) has a series of its own for the same idea, so both can share
@@ -31,13 +35,13 @@ func newMetrics(s *Server) *metrics {
 		}, []string{"result"}),
 		authFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ark_hub_link_auth_failures_total",
-			Help: "Agent connections refused for a missing or invalid token.",
+			Help: "Agent connections refused for a missing, invalid or forbidden credential.",
 		}),
 		agents: prometheus.NewDesc("ark_hub_link_agents",
 			"Agents the link knows, by state: connected, or stale (the link is down and the node's data may be out of date).",
 			[]string{"state"}, nil),
 	}
-	for _, r := range []string{"malformed", "unknown_type", "too_big", "unexpected", "bad_node", "no_hello", "idle"} {
+	for _, r := range []string{"malformed", "unknown_type", event.ReasonTooManyAttrs, "too_big", "unexpected", "bad_node", "node_mismatch", "no_hello", "idle"} {
 		m.rejected.WithLabelValues(r)
 	}
 	return m

@@ -2,17 +2,9 @@ package agents_test
 
 import (
 	"context"
-	"errors"
-	"net/http"
-	"net/http/httptest"
 	"runtime"
-	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/graphsvc/agents"
@@ -61,46 +53,4 @@ func TestCloseIsNotHeldByAnAgentThatStoppedReading(t *testing.T) {
 		t.Fatal("Close still waiting after 4.5 s (grace 2 s)")
 	}
 	t.Logf("closed in %s", time.Since(start).Round(time.Millisecond))
-}
-
-// Reviews in flight are bounded: past the bound an agent is told to come
-// back (503) at once instead of queuing on the API server, and strings that
-// are not tokens never reach it.
-func TestTokenReviewsInFlightAreBounded(t *testing.T) {
-	release := make(chan struct{})
-	var mu sync.Mutex
-	calls := 0
-	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		mu.Lock()
-		calls++
-		mu.Unlock()
-		<-release
-		http.Error(w, "gone", http.StatusServiceUnavailable)
-	}))
-	defer api.Close()
-	defer close(release)
-	client, err := kubernetes.NewForConfig(&rest.Config{Host: api.URL})
-	if err != nil {
-		t.Fatal(err)
-	}
-	auth := &agents.TokenReview{Client: client, Users: []string{"u"}, MaxInFlight: 1, Timeout: 10 * time.Second}
-	req := func(tok string) *http.Request {
-		r := httptest.NewRequest(http.MethodGet, link.Path, nil)
-		r.Header.Set("Authorization", "Bearer "+tok)
-		return r
-	}
-	jwt := "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln"
-	go func() { _, _ = auth.Authenticate(req(jwt)) }()
-	eventually(t, "the first review in flight", func() bool { mu.Lock(); defer mu.Unlock(); return calls == 1 })
-	if _, err := auth.Authenticate(req(strings.Replace(jwt, "x", "y", 1))); !errors.Is(err, agents.ErrBusy) {
-		t.Fatalf("second review while one is in flight: %v, want ErrBusy", err)
-	}
-	if _, err := auth.Authenticate(req("garbage with spaces")); !errors.Is(err, agents.ErrUnauthenticated) {
-		t.Fatalf("a non-token: %v", err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if calls != 1 {
-		t.Fatalf("%d reviews reached the API server, want 1", calls)
-	}
 }

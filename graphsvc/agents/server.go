@@ -10,8 +10,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -23,7 +21,6 @@ import (
 	"runtime/debug"
 	"slices"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -31,47 +28,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ark-gpu/ark/event"
+	"github.com/ark-gpu/ark/internal/auth"
 	"github.com/ark-gpu/ark/link"
 )
-
-// Authenticator checks an agent's connection request and names who made it.
-type Authenticator interface {
-	Authenticate(r *http.Request) (identity string, err error)
-}
-
-// BearerToken authenticates requests carrying this shared token in
-// "Authorization: Bearer".
-type BearerToken string
-
-// ErrUnauthenticated is what BearerToken returns for a missing or wrong
-// token.
-var ErrUnauthenticated = errors.New("missing or invalid bearer token")
-
-// Authenticate implements Authenticator. Comparing digests keeps the time
-// independent of the token's content and length.
-func (t BearerToken) Authenticate(r *http.Request) (string, error) {
-	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok || !t.Matches(strings.TrimSpace(got)) {
-		return "", ErrUnauthenticated
-	}
-	return "token", nil
-}
-
-// Matches reports whether got is the token (an empty token matches
-// nothing), in time independent of either's content.
-func (t BearerToken) Matches(got string) bool {
-	if t == "" {
-		return false
-	}
-	a := sha256.Sum256([]byte(got))
-	b := sha256.Sum256([]byte(t))
-	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
-}
 
 // anyone accepts every agent (Options.Insecure).
 type anyone struct{}
 
-func (anyone) Authenticate(*http.Request) (string, error) { return "anonymous", nil }
+func (anyone) Authenticate(*http.Request) (auth.Identity, error) {
+	return auth.Identity{Name: "anonymous"}, nil
+}
 
 // Errors of Dispatch.
 var (
@@ -85,10 +51,11 @@ var (
 
 // Options configures a Server. One of Token, Auth or Insecure is required.
 type Options struct {
-	// Token is the bearer token agents present.
+	// Token is the bearer token agents present; it speaks for any node.
 	Token string
-	// Auth, when set, authenticates agents instead of Token.
-	Auth Authenticator
+	// Auth, when set, authenticates agents instead of Token. An identity
+	// bound to a node (auth.Identity.Node) may only say hello as that node.
+	Auth auth.Authenticator
 	// Insecure accepts agents without any token (tests, trusted networks).
 	Insecure bool
 	// Logger defaults to discarding.
@@ -128,7 +95,7 @@ type AgentInfo struct {
 	Node      string    `json:"node"`
 	Addrs     []string  `json:"addrs,omitempty"`
 	Version   string    `json:"version,omitempty"`
-	Identity  string    `json:"identity,omitempty"` // who the Authenticator said connected
+	Identity  string    `json:"identity,omitempty"` // who the authenticator said connected
 	Connected bool      `json:"connected"`
 	Since     time.Time `json:"since"`     // when the current (or last) link came up
 	LastSeen  time.Time `json:"last_seen"` // the last frame or ping received
@@ -137,7 +104,7 @@ type AgentInfo struct {
 // Server is the hub's agent link endpoint; mount it at link.Path.
 type Server struct {
 	opts Options
-	auth Authenticator
+	auth auth.Authenticator
 	log  *slog.Logger
 	m    *metrics
 
@@ -160,14 +127,14 @@ type agent struct {
 
 // NewServer returns a Server.
 func NewServer(opts Options) (*Server, error) {
-	var auth Authenticator
+	var authn auth.Authenticator
 	switch {
 	case opts.Auth != nil:
-		auth = opts.Auth
+		authn = opts.Auth
 	case opts.Token != "":
-		auth = BearerToken(opts.Token)
+		authn = auth.Token(opts.Token)
 	case opts.Insecure:
-		auth = anyone{}
+		authn = anyone{}
 	default:
 		return nil, errors.New("agents: a token, an authenticator or Insecure is required")
 	}
@@ -196,7 +163,7 @@ func NewServer(opts Options) (*Server, error) {
 		opts.OnEvents = func(string, []event.Event) {}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Server{opts: opts, auth: auth, log: opts.Logger, ctx: ctx, cancel: cancel, agents: map[string]*agent{},
+	s := &Server{opts: opts, auth: authn, log: opts.Logger, ctx: ctx, cancel: cancel, agents: map[string]*agent{},
 		work: make(chan func())}
 	for range max(4, 2*runtime.GOMAXPROCS(0)) {
 		s.workers.Go(s.worker)
@@ -411,14 +378,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		s.m.authFailures.Inc()
 		s.log.Warn("agent refused", "remote", r.RemoteAddr, "err", err)
-		switch {
-		case errors.Is(err, ErrForbiddenUser):
-			http.Error(w, "forbidden: "+err.Error(), http.StatusForbidden)
-		case errors.Is(err, ErrUnauthenticated):
-			w.Header().Set("WWW-Authenticate", `Bearer realm="ark-hub"`)
-			http.Error(w, "unauthorized: "+err.Error(), http.StatusUnauthorized)
+		switch code := auth.StatusCode(err); code {
+		case http.StatusForbidden:
+			http.Error(w, "forbidden: "+err.Error(), code)
+		case http.StatusUnauthorized:
+			w.Header().Set("WWW-Authenticate", auth.Challenge)
+			http.Error(w, "unauthorized: "+err.Error(), code)
 		default: // the hub could not check (TokenReview unreachable): retry
-			http.Error(w, "cannot authenticate now: "+err.Error(), http.StatusServiceUnavailable)
+			http.Error(w, "cannot authenticate now: "+err.Error(), code)
 		}
 		return
 	}
@@ -510,8 +477,12 @@ func (ss *session) rejectRead(err error) {
 }
 
 func decodeReason(err error) string {
-	if errors.Is(err, link.ErrUnknownType) {
+	var re *event.RejectError
+	switch {
+	case errors.Is(err, link.ErrUnknownType):
 		return "unknown_type"
+	case errors.As(err, &re) && re.Reason == event.ReasonTooManyAttrs:
+		return event.ReasonTooManyAttrs
 	}
 	return "malformed"
 }

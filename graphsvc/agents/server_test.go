@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/exporter/forwarder"
 	"github.com/ark-gpu/ark/graphsvc/agents"
+	"github.com/ark-gpu/ark/internal/auth"
 	"github.com/ark-gpu/ark/link"
 )
 
@@ -322,6 +324,7 @@ func TestABadFrameClosesOnlyThatLink(t *testing.T) {
 		{"events before hello", false, []byte(`{"type":"events","seq":1}`), "unexpected", websocket.StatusPolicyViolation, "expected hello, got events"},
 		{"a node name that reaches into another namespace", false, []byte(`{"type":"hello","v":1,"node":"good/pid-1"}`), "bad_node", websocket.StatusPolicyViolation, `invalid node name "good/pid-1"`},
 		{"an old protocol", false, []byte(`{"type":"hello","v":0,"node":"old"}`), "malformed", websocket.StatusPolicyViolation, "protocol version 0"},
+		{"an event with 100,000 attrs", true, manyAttrsFrame(100_000), "too_many_attrs", websocket.StatusPolicyViolation, "too_many_attrs: more than 64 attrs"},
 		{"oversized", true, append(append([]byte(`{"type":"events","seq":1,"message":"`), strings.Repeat("x", link.MaxFrameBytes)...), `"}`...), "too_big", 0, ""},
 	}
 	for _, tt := range tests {
@@ -349,6 +352,19 @@ func TestABadFrameClosesOnlyThatLink(t *testing.T) {
 	if as := h.srv.Agents(); len(as) != 2 || as[0].Node != "bad" || as[0].Connected || !as[1].Connected {
 		t.Errorf("Agents() = %+v, want bad disconnected and good connected", as)
 	}
+}
+
+// manyAttrsFrame is an events frame of one event with n distinct attrs.
+func manyAttrsFrame(n int) []byte {
+	ev := event.Event{TS: t0, Type: event.ErrorHW, EntityID: "gpu-0", Value: "x", Attrs: make(event.Attrs, n)}
+	for i := range ev.Attrs {
+		ev.Attrs[i] = event.Attr{Key: "k" + strconv.Itoa(i), Value: "v"}
+	}
+	b, err := link.Encode(&link.Frame{Type: link.TypeEvents, Seq: 1, Events: []event.Event{ev}})
+	if err != nil {
+		panic(err)
+	}
+	return b
 }
 
 func TestHelloMustComeInTime(t *testing.T) {
@@ -575,22 +591,47 @@ func TestNewServerNeedsAWayToAuthenticate(t *testing.T) {
 	}
 }
 
-func TestBearerToken(t *testing.T) {
-	for _, tt := range []struct {
-		token, header string
-		ok            bool
-	}{
-		{"abc", "Bearer abc", true},
-		{"abc", "Bearer  abc ", true},
-		{"abc", "Bearer abcd", false},
-		{"abc", "bearer abc", false},
-		{"", "Bearer ", false},
-	} {
-		r := httptest.NewRequest(http.MethodGet, link.Path, nil)
-		r.Header.Set("Authorization", tt.header)
-		_, err := agents.BearerToken(tt.token).Authenticate(r)
-		if (err == nil) != tt.ok {
-			t.Errorf("token %q header %q: %v", tt.token, tt.header, err)
+// RFC 7235: "bearer" and "BEARER" name the same scheme.
+func TestTheBearerSchemeIsCaseInsensitive(t *testing.T) {
+	h := startHub(t, "", agents.Options{Token: "s3cret"})
+	for _, scheme := range []string{"bearer", "BEARER"} {
+		ws, resp, err := websocket.Dial(context.Background(), h.url(),
+			&websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {scheme + " s3cret"}}})
+		if err != nil {
+			t.Fatalf("scheme %q: %v (%v)", scheme, err, resp)
 		}
+		ws.CloseNow()
+	}
+}
+
+// A per-node token speaks for its node only: hello as another node closes
+// the link with the reason, and that node's own link stays.
+func TestANodeTokenMaySayHelloOnlyAsItsNode(t *testing.T) {
+	nt, err := auth.ParseNodeTokens([]byte("node-1:tok-1\nnode-3:tok-3\n"), "node-tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startHub(t, "", agents.Options{Auth: auth.AnyOf{auth.Token("shared"), nt}})
+	if _, f, err := dialWith(t, h.url(), "tok-3", "node-3"); err != nil || f.Type != link.TypeWelcome {
+		t.Fatalf("node-3 with its token: %v %v", f, err)
+	}
+	_, _, err = dialWith(t, h.url(), "tok-1", "node-3")
+	var ce websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != websocket.StatusPolicyViolation || !strings.Contains(ce.Reason, `may not connect as node "node-3"`) {
+		t.Fatalf("node-1's token as node-3: %v, want a policy-violation close naming node-3", err)
+	}
+	if got := h.rejected("node_mismatch"); got != 1 {
+		t.Errorf(`ark_hub_frames_rejected_total{reason="node_mismatch"} = %v, want 1`, got)
+	}
+	agentsByNode := map[string]agents.AgentInfo{}
+	for _, a := range h.srv.Agents() {
+		agentsByNode[a.Node] = a
+	}
+	if a := agentsByNode["node-3"]; !a.Connected || a.Identity != "node-token" {
+		t.Errorf("node-3's own link after the forged hello: %+v, want still connected", a)
+	}
+	// The shared token still speaks for any node.
+	if _, f, err := dialWith(t, h.url(), "shared", "node-7"); err != nil || f.Type != link.TypeWelcome {
+		t.Fatalf("the shared token as node-7: %v %v", f, err)
 	}
 }

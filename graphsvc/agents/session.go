@@ -17,6 +17,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/ark-gpu/ark/internal/auth"
 	"github.com/ark-gpu/ark/link"
 )
 
@@ -72,7 +73,7 @@ func (ss *session) stopSync(code websocket.StatusCode, reason string) {
 }
 
 // run is the session's read loop, from hello to the end of the link.
-func (ss *session) run(identity, remote string) {
+func (ss *session) run(identity auth.Identity, remote string) {
 	s := ss.s
 	defer close(ss.done)
 	defer ss.cancel()
@@ -106,11 +107,15 @@ func (ss *session) run(identity, remote string) {
 	case !validNode(f.Node):
 		ss.reject("bad_node", fmt.Sprintf("invalid node name %q", f.Node))
 		return
+	case !identity.Allows(f.Node):
+		// Before register: the node's real link stays.
+		ss.reject("node_mismatch", fmt.Sprintf("the credential of node %q may not connect as node %q", identity.Node, f.Node))
+		return
 	}
 	ss.node = strings.Clone(f.Node)
 	log = log.With("node", ss.node)
 	ss.touch()
-	old, ok := s.register(ss, identity, &f)
+	old, ok := s.register(ss, identity.Name, &f)
 	if !ok {
 		ss.stopSync(websocket.StatusGoingAway, "hub shutting down")
 		return
@@ -129,7 +134,7 @@ func (ss *session) run(identity, remote string) {
 		log.Warn("could not welcome an agent", "err", err)
 		return
 	}
-	log.Info("agent connected", "addrs", f.Addrs, "version", f.Version, "identity", identity)
+	log.Info("agent connected", "addrs", f.Addrs, "version", f.Version, "identity", identity.Name)
 	if s.opts.OnConnect != nil {
 		s.opts.OnConnect(ss.node, slicesClone(f.Addrs))
 	}

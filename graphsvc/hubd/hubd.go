@@ -20,15 +20,20 @@ import (
 	"github.com/ark-gpu/ark/graph"
 	"github.com/ark-gpu/ark/graphsvc"
 	"github.com/ark-gpu/ark/graphsvc/agents"
+	"github.com/ark-gpu/ark/internal/auth"
 	"github.com/ark-gpu/ark/link"
 )
 
 // Config configures a hub.
 type Config struct {
 	Graph graph.Options
-	// Token authenticates agents and mutating API calls; TokenFile is read
-	// when Token is empty.
-	Token, TokenFile  string
+	// Token authenticates agents, OTLP senders and mutating API calls, for
+	// every node; TokenFile is read when Token is empty.
+	Token, TokenFile string
+	// NodeTokenFile, when set, holds per-node tokens ("node:token" lines,
+	// auth.ParseNodeTokens): an agent or OTLP sender presenting one speaks
+	// only for its node.
+	NodeTokenFile     string
 	CertFile, KeyFile string
 	Logger            *slog.Logger
 	// EnablePprof serves net/http/pprof under /debug/pprof/.
@@ -47,6 +52,8 @@ type TokenReviewConfig struct {
 	Kubeconfig string // empty: in-cluster
 	Audiences  []string
 	Users      []string
+	// AllowUnbound accepts tokens bound to no node, for every node.
+	AllowUnbound bool
 }
 
 // Hub is a running hub's parts.
@@ -79,16 +86,12 @@ func New(cfg Config) (*Hub, error) {
 	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())
 	h := &Hub{Token: token}
 	var core *graphsvc.Hub
-	var auth agents.Authenticator = agents.BearerToken(token)
-	if tr := cfg.AgentTokenReview; tr != nil {
-		client, err := kubeClient(tr.Kubeconfig)
-		if err != nil {
-			return nil, err
-		}
-		auth = agents.AnyOf{auth, &agents.TokenReview{Client: client, Audiences: tr.Audiences, Users: tr.Users}}
+	authn, err := writers(cfg, token)
+	if err != nil {
+		return nil, err
 	}
 	ls, err := agents.NewServer(agents.Options{
-		Auth: auth, Logger: cfg.Logger.With("component", "link"), Registerer: reg,
+		Auth: authn, Logger: cfg.Logger.With("component", "link"), Registerer: reg,
 		OnEvents:     func(node string, evs []event.Event) { core.Ingest(node, evs) },
 		OnConnect:    func(node string, addrs []string) { core.AgentConnected(node, addrs) },
 		OnDisconnect: func(node string) { core.AgentDisconnected(node) },
@@ -98,7 +101,7 @@ func New(cfg Config) (*Hub, error) {
 	}
 	h.Link = ls
 	core, err = graphsvc.New(graphsvc.Options{
-		Graph: cfg.Graph, Token: token, Logger: cfg.Logger, Registerer: reg, Gatherer: reg,
+		Graph: cfg.Graph, Token: token, Auth: authn, Logger: cfg.Logger, Registerer: reg, Gatherer: reg,
 		Dispatcher: dispatcher{ls},
 	})
 	if err != nil {
@@ -126,6 +129,29 @@ func New(cfg Config) (*Hub, error) {
 		}))
 	}
 	return h, nil
+}
+
+// writers authenticates whoever writes into the graph, agents on the link
+// and OTLP senders alike: the shared token for every node, then per-node
+// tokens and node-bound ServiceAccount tokens for their own node.
+func writers(cfg Config, token string) (auth.Authenticator, error) {
+	authn := auth.AnyOf{auth.Token(token)}
+	if cfg.NodeTokenFile != "" {
+		nt, err := auth.LoadNodeTokens(cfg.NodeTokenFile)
+		if err != nil {
+			return nil, err
+		}
+		authn = append(authn, nt)
+	}
+	if tr := cfg.AgentTokenReview; tr != nil {
+		client, err := kubeClient(tr.Kubeconfig)
+		if err != nil {
+			return nil, err
+		}
+		authn = append(authn, &auth.TokenReview{Client: client, Audiences: tr.Audiences, Users: tr.Users,
+			AllowUnbound: tr.AllowUnbound})
+	}
+	return authn, nil
 }
 
 // Serve runs the hub on ln until ctx ends.

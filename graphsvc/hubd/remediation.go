@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/client-go/kubernetes"
@@ -15,8 +14,8 @@ import (
 
 	"github.com/ark-gpu/ark/graph"
 	"github.com/ark-gpu/ark/graphsvc"
-	"github.com/ark-gpu/ark/graphsvc/agents"
 	"github.com/ark-gpu/ark/internal/audit"
+	"github.com/ark-gpu/ark/internal/auth"
 	"github.com/ark-gpu/ark/remediator"
 )
 
@@ -139,7 +138,7 @@ func (rm *remediation) run(ctx context.Context) {
 }
 
 // readBasicAuth reads "user:password" lines.
-func readBasicAuth(path string) (map[string]string, error) {
+func readBasicAuth(path string) (auth.BasicUsers, error) {
 	if path == "" {
 		return nil, nil
 	}
@@ -147,29 +146,16 @@ func readBasicAuth(path string) (map[string]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading the webhook basic-auth file: %w", err)
 	}
-	users := map[string]string{}
-	for i, line := range strings.Split(string(b), "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		u, p, ok := strings.Cut(line, ":")
-		if !ok || u == "" || p == "" {
-			return nil, fmt.Errorf("%s:%d: want user:password", path, i+1)
-		}
-		users[u] = p
-	}
-	return users, nil
+	return auth.ParseBasicUsers(b, path)
 }
 
 // authFunc accepts the hub's bearer token or a basic-auth user.
-func authFunc(token string, users map[string]string) func(user, pass, bearer string) bool {
+func authFunc(token string, users auth.BasicUsers) func(user, pass, bearer string) bool {
 	return func(user, pass, bearer string) bool {
 		if bearer != "" {
-			return agents.BearerToken(token).Matches(bearer)
+			return auth.Token(token).Matches(bearer)
 		}
-		want, ok := users[user]
-		return ok && agents.BearerToken(want).Matches(pass)
+		return users.Matches(user, pass)
 	}
 }
 

@@ -1,4 +1,4 @@
-package agents
+package auth
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +21,12 @@ import (
 // TokenReview API: the in-cluster option, with nothing shared to rotate.
 // Answers are cached for CacheTTL so a reconnect storm after a hub restart
 // costs one review per agent, not one per attempt.
+//
+// The identity is bound to the node the token was issued for: a token the
+// kubelet projects into a pod carries the pod's node, and the API server
+// reports it in the review's extra claim ExtraNodeName. A token without
+// one (not bound to a pod, or a cluster before Kubernetes 1.30) is
+// refused unless AllowUnbound is set.
 type TokenReview struct {
 	Client kubernetes.Interface
 	// Audiences the token must be bound to (e.g. "ark-hub"); empty
@@ -38,14 +45,18 @@ type TokenReview struct {
 	// is answered 503 at once, so a flood of bogus tokens cannot queue the
 	// real agents behind it on the API server.
 	MaxInFlight int
+	// AllowUnbound accepts a token bound to no node as speaking for every
+	// node, as the shared token does.
+	AllowUnbound bool
 
 	mu       sync.Mutex
 	cache    map[[32]byte]review
 	inFlight int
 }
 
-// ErrBusy is returned when MaxInFlight reviews are already running.
-var ErrBusy = errors.New("too many token reviews in flight")
+// ExtraNodeName is the TokenReview extra claim naming the node of the pod
+// a ServiceAccount token is bound to.
+const ExtraNodeName = "authentication.kubernetes.io/node-name"
 
 // jwtShaped reports whether tok looks like a JWT (three base64url parts):
 // anything else is refused without asking the API server.
@@ -64,27 +75,23 @@ func jwtShaped(tok string) bool {
 }
 
 type review struct {
-	user    string
+	id      Identity
 	err     error
 	expires time.Time
 }
-
-// ErrForbiddenUser is returned for a valid token of a user not in Users.
-var ErrForbiddenUser = errors.New("token of a user that may not connect as an agent")
 
 // maxReviewCache bounds the cache; past it, expired answers are dropped
 // and, if still full, all of them.
 const maxReviewCache = 100_000
 
 // Authenticate implements Authenticator.
-func (a *TokenReview) Authenticate(r *http.Request) (string, error) {
-	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	tok = strings.TrimSpace(tok)
-	if !ok || tok == "" {
-		return "", ErrUnauthenticated
+func (a *TokenReview) Authenticate(r *http.Request) (Identity, error) {
+	tok, ok := Bearer(r)
+	if !ok {
+		return Identity{}, ErrUnauthenticated
 	}
 	if !jwtShaped(tok) {
-		return "", fmt.Errorf("%w: not a ServiceAccount token", ErrUnauthenticated)
+		return Identity{}, fmt.Errorf("%w: not a ServiceAccount token", ErrUnauthenticated)
 	}
 	key := sha256.Sum256([]byte(tok))
 	now := time.Now()
@@ -95,16 +102,16 @@ func (a *TokenReview) Authenticate(r *http.Request) (string, error) {
 	a.mu.Lock()
 	if c, ok := a.cache[key]; ok && now.Before(c.expires) {
 		a.mu.Unlock()
-		return c.user, c.err
+		return c.id, c.err
 	}
 	if a.inFlight >= limit {
 		a.mu.Unlock()
-		return "", ErrBusy
+		return Identity{}, ErrBusy
 	}
 	a.inFlight++
 	a.mu.Unlock()
 
-	user, err := a.review(r.Context(), tok)
+	id, err := a.review(r.Context(), tok)
 	a.mu.Lock()
 	a.inFlight--
 	a.mu.Unlock()
@@ -113,7 +120,7 @@ func (a *TokenReview) Authenticate(r *http.Request) (string, error) {
 		ttl = time.Minute
 	}
 	var transient bool
-	if err != nil && !errors.Is(err, ErrUnauthenticated) && !errors.Is(err, ErrForbiddenUser) {
+	if err != nil && !errors.Is(err, ErrUnauthenticated) && !errors.Is(err, ErrForbidden) {
 		transient = true // the API server could not be asked: ask again next time
 	}
 	if err != nil {
@@ -124,10 +131,10 @@ func (a *TokenReview) Authenticate(r *http.Request) (string, error) {
 		if a.cache == nil || len(a.cache) >= maxReviewCache {
 			a.pruneLocked(now)
 		}
-		a.cache[key] = review{user: user, err: err, expires: now.Add(ttl)}
+		a.cache[key] = review{id: id, err: err, expires: now.Add(ttl)}
 		a.mu.Unlock()
 	}
-	return user, err
+	return id, err
 }
 
 func (a *TokenReview) pruneLocked(now time.Time) {
@@ -145,7 +152,7 @@ func (a *TokenReview) pruneLocked(now time.Time) {
 	}
 }
 
-func (a *TokenReview) review(ctx context.Context, tok string) (string, error) {
+func (a *TokenReview) review(ctx context.Context, tok string) (Identity, error) {
 	timeout := a.Timeout
 	if timeout <= 0 {
 		timeout = 5 * time.Second
@@ -156,35 +163,27 @@ func (a *TokenReview) review(ctx context.Context, tok string) (string, error) {
 		Spec: authnv1.TokenReviewSpec{Token: tok, Audiences: a.Audiences},
 	}, metav1.CreateOptions{})
 	if err != nil {
-		return "", fmt.Errorf("TokenReview: %w", err)
+		return Identity{}, fmt.Errorf("TokenReview: %w", err)
 	}
 	if !res.Status.Authenticated {
 		if res.Status.Error != "" {
-			return "", fmt.Errorf("%w: %s", ErrUnauthenticated, res.Status.Error)
+			return Identity{}, fmt.Errorf("%w: %s", ErrUnauthenticated, res.Status.Error)
 		}
-		return "", ErrUnauthenticated
+		return Identity{}, ErrUnauthenticated
 	}
 	user := res.Status.User.Username
-	for _, u := range a.Users {
-		if u == user {
-			return user, nil
-		}
+	if !slices.Contains(a.Users, user) {
+		return Identity{}, fmt.Errorf("%w: token of %s, a user that may not connect as an agent", ErrForbidden, user)
 	}
-	return "", fmt.Errorf("%w: %s", ErrForbiddenUser, user)
-}
-
-// AnyOf accepts a request that any of its authenticators accepts, in
-// order (e.g. the static token, then TokenReview).
-type AnyOf []Authenticator
-
-// Authenticate implements Authenticator; it returns the last error.
-func (as AnyOf) Authenticate(r *http.Request) (string, error) {
-	err := ErrUnauthenticated
-	for _, a := range as {
-		var id string
-		if id, err = a.Authenticate(r); err == nil {
-			return id, nil
-		}
+	id := Identity{Name: user}
+	switch nodes := res.Status.User.Extra[ExtraNodeName]; {
+	case len(nodes) == 1 && nodes[0] != "":
+		id.Node = nodes[0]
+	case len(nodes) > 1:
+		return Identity{}, fmt.Errorf("%w: token of %s names %d nodes", ErrForbidden, user, len(nodes))
+	case !a.AllowUnbound:
+		return Identity{}, fmt.Errorf("%w: token of %s is bound to no node (want a token the kubelet projects into the agent's pod)",
+			ErrForbidden, user)
 	}
-	return "", err
+	return id, nil
 }
