@@ -65,15 +65,11 @@ func LoadFlows(opts FlowOptions) (_ *Flows, err error) {
 	}
 	f := &Flows{}
 	if err := spec.LoadAndAssign(&f.objs, nil); err != nil {
-		var ve *ebpf.VerifierError
-		if errors.As(err, &ve) {
-			return nil, fmt.Errorf("loading flow.c: %+v", ve)
-		}
 		return nil, fmt.Errorf("loading flow.c: %w", err)
 	}
 	defer func() {
 		if err != nil {
-			f.Close()
+			_ = f.Close() // the load error is the one to report
 		}
 	}()
 	for _, p := range []*ebpf.Program{

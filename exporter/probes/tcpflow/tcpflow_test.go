@@ -88,10 +88,10 @@ func TestTrackerStallNeedsAWaiterAndEndsWithProgress(t *testing.T) {
 		now = now.Add(time.Second)
 		return tr.buckets[bucketKey{7, "10.0.0.2:7000"}]
 	}
-	require.Zero(t, read(func(s *Sample) {}).stalled, "a flow that never carried traffic is not stalled")
+	require.Zero(t, read(func(*Sample) {}).stalled, "a flow that never carried traffic is not stalled")
 	require.EqualValues(t, 100, read(func(s *Sample) { s.TxBytes = 100 }).tx)
-	require.Zero(t, read(func(s *Sample) {}).stalled, "not yet StallAfter")
-	require.Zero(t, read(func(s *Sample) {}).stalled, "idle, nobody waits: not stalled")
+	require.Zero(t, read(func(*Sample) {}).stalled, "not yet StallAfter")
+	require.Zero(t, read(func(*Sample) {}).stalled, "idle, nobody waits: not stalled")
 	got := read(func(s *Sample) { s.SndWnd = 0 })
 	require.Equal(t, 1, got.stalled)
 	require.True(t, got.zeroWindow)
