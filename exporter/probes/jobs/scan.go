@@ -2,7 +2,6 @@ package jobs
 
 import (
 	"errors"
-	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -103,32 +102,32 @@ func (s *scanner) scan(now time.Time, sink probe.Sink) (int, error) {
 		if err != nil {
 			continue
 		}
-		b, err := readInto(s.paths.Proc(name, "stat"), s.small)
+		b, err := readInto(s.paths.ProcFS+"/"+name+"/stat", s.small)
 		if err != nil {
 			s.badStat(pid, err)
 			continue
 		}
-		st, err := procstat.Parse(b)
+		state, start, err := procstat.StateAndStart(b)
 		if err != nil {
 			s.badStat(pid, errMalformedStat)
 			continue
 		}
 		e := s.procs[pid]
-		if st.State == 'Z' || st.State == 'X' {
+		if state == 'Z' || state == 'X' {
 			// Ended, not yet reaped: its environ reads empty.
-			if e != nil && e.start == st.StartTime {
+			if e != nil && e.start == start {
 				s.exit(now, sink, pid, e)
 				e.rank, e.gen = nil, s.gen
 			}
 			continue
 		}
-		if e != nil && e.start != st.StartTime {
+		if e != nil && e.start != start {
 			// The pid was reused: the process we knew has ended.
 			s.exit(now, sink, pid, e)
 			e = nil
 		}
 		if e == nil {
-			e = &entry{start: st.StartTime, rank: s.inspect(now, name)}
+			e = &entry{start: start, rank: s.inspect(now, name)}
 			s.procs[pid] = e
 		}
 		e.gen = s.gen
@@ -343,16 +342,28 @@ func (s *scanner) skipErr(err error) {
 }
 
 // readInto reads a whole file into buf, at most len(buf) bytes: a caller
-// that gets len(buf) bytes knows the file was larger than it wanted.
+// that gets len(buf) bytes knows the file was larger than it wanted. It
+// uses the system calls directly: an os.File would register the file with
+// the poller and allocate, and a scan reads thousands of small files.
 func readInto(path string, buf []byte) ([]byte, error) {
-	f, err := os.Open(path)
+	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
-	defer f.Close()
-	n, err := io.ReadFull(f, buf)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return nil, err
+	defer syscall.Close(fd)
+	n := 0
+	for n < len(buf) {
+		m, err := syscall.Read(fd, buf[n:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &fs.PathError{Op: "read", Path: path, Err: err}
+		}
+		if m <= 0 {
+			break
+		}
+		n += m
 	}
 	return buf[:n], nil
 }
