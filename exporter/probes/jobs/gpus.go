@@ -70,7 +70,7 @@ func readGPUInformation(path string) (uuid, minor string) {
 	if err != nil {
 		return "", ""
 	}
-	defer f.Close()
+	defer func() { _ = f.Close() }()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		k, v, ok := strings.Cut(sc.Text(), ":")
@@ -112,7 +112,7 @@ func openGPUs(fdDir, prefix string) []string {
 		return nil
 	}
 	names, _ := d.Readdirnames(-1)
-	d.Close()
+	_ = d.Close()
 	var out []int
 	for _, n := range names {
 		t, err := os.Readlink(filepath.Join(fdDir, n))

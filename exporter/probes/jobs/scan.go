@@ -88,7 +88,7 @@ func (s *scanner) scan(now time.Time, sink probe.Sink) (int, error) {
 		return 0, err
 	}
 	names, err := d.Readdirnames(-1)
-	d.Close()
+	_ = d.Close()
 	if err != nil {
 		return 0, err
 	}
@@ -350,7 +350,7 @@ func readInto(path string, buf []byte) ([]byte, error) {
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
-	defer syscall.Close(fd)
+	defer func() { _ = syscall.Close(fd) }()
 	n := 0
 	for n < len(buf) {
 		m, err := syscall.Read(fd, buf[n:])

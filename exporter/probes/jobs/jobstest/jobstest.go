@@ -48,8 +48,11 @@ func (r *Rank) PID() int { return r.Cmd.Process.Pid }
 func (r *Rank) Stop(t testing.TB) {
 	t.Helper()
 	_ = r.stdin.Close()
-	done := make(chan error, 1)
-	go func() { done <- r.Cmd.Wait() }()
+	done := make(chan struct{})
+	go func() {
+		_ = r.Cmd.Wait() // killed or exited: either way it is gone
+		close(done)
+	}()
 	select {
 	case <-done:
 	case <-time.After(30 * time.Second):
