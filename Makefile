@@ -59,7 +59,7 @@ fmt:
 ## loopback throughput with and without bpf/flow.c, ring-buffer drain,
 ## the tcpflow probe at 10,000 flows), then the agent's own
 ## CPU and RSS under a realistic load (BENCH_AGENT_SECS, default 30)
-BENCH_PKGS := ./event/ ./link/ ./graph/ ./diag/ ./hack/hubsim/ ./exporter/ ./exporter/probes/kmsg/ ./bpf/ ./exporter/probes/tcpflow/
+BENCH_PKGS := ./event/ ./link/ ./graph/ ./diag/ ./hack/hubsim/ ./exporter/ ./exporter/probes/kmsg/ ./bpf/ ./exporter/probes/tcpflow/ ./exporter/probes/jobs/
 BENCH_AGENT_SECS ?= 30
 bench: kube
 	$(GO) test -run '^$$' -bench . -benchmem -cpu 1 -benchtime 2s $(BENCH_PKGS)

@@ -48,3 +48,41 @@ func Parse(b []byte) (Stat, error) {
 	}
 	return st, nil
 }
+
+// StateAndStart reads only the state (field 3) and the start time (field
+// 22) from /proc/<pid>/stat, without allocating: what a scan of every
+// process needs to tell a known process from a new one.
+func StateAndStart(b []byte) (state byte, start uint64, err error) {
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 || i+2 >= len(b) {
+		return 0, 0, errors.New("malformed stat: no command")
+	}
+	field := 3
+	for j := i + 2; j < len(b); {
+		for j < len(b) && b[j] == ' ' {
+			j++
+		}
+		k := j
+		for k < len(b) && b[k] != ' ' && b[k] != '\n' {
+			k++
+		}
+		if k == j {
+			break
+		}
+		switch field {
+		case 3:
+			state = b[j]
+		case 22:
+			for _, c := range b[j:k] {
+				if c < '0' || c > '9' {
+					return 0, 0, errors.New("malformed stat starttime")
+				}
+				start = start*10 + uint64(c-'0')
+			}
+			return state, start, nil
+		}
+		field++
+		j = k
+	}
+	return 0, 0, fmt.Errorf("malformed stat: %d fields", field-1)
+}
