@@ -184,3 +184,36 @@ func dryRun(ctx context.Context, dyn dynamic.Interface, mapper meta.RESTMapper, 
 	_, err = r.Create(ctx, o, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"})
 	return err
 }
+
+// TestAlertmanagerExampleRoutesFaultsToTheHub: amtool accepts the example
+// configuration, and it sends the alerts with a fault_class to the hub and
+// to people, the others to people only.
+func TestAlertmanagerExampleRoutesFaultsToTheHub(t *testing.T) {
+	out, err := exec.Command("../hack/prometheus.sh", "amtool").Output()
+	if err != nil {
+		t.Fatalf("installing amtool (hack/prometheus.sh): %v", err)
+	}
+	amtool := strings.TrimSpace(string(out))
+	const cfg = "alertmanager/alertmanager.yaml"
+	if out, err := exec.Command(amtool, "check-config", cfg).CombinedOutput(); err != nil {
+		t.Fatalf("amtool check-config: %v\n%s", err, out)
+	}
+	for _, tc := range []struct {
+		labels []string
+		want   string
+	}{
+		{[]string{"alertname=ArkGPUFellOffBus", "fault_class=PersistentXidError", "node=node-3", "severity=critical"}, "ark-hub,humans"},
+		{[]string{"alertname=ArkNicLinkFlapping", "fault_class=RdmaLinkDown", "node=node-1", "severity=warning"}, "ark-hub,humans"},
+		{[]string{"alertname=ArkJobStalled", "job_id=train/llama", "severity=critical"}, "humans"},
+		{[]string{"alertname=ArkAgentDown", "node=node-2", "severity=warning"}, "humans"},
+	} {
+		args := append([]string{"config", "routes", "test", "--config.file=" + cfg}, tc.labels...)
+		out, err := exec.Command(amtool, args...).Output()
+		if err != nil {
+			t.Fatalf("amtool %v: %v", args, err)
+		}
+		if got := strings.TrimSpace(string(out)); got != tc.want {
+			t.Errorf("%v: routed to %q, want %q", tc.labels, got, tc.want)
+		}
+	}
+}
