@@ -235,9 +235,9 @@ func Self() *dashboard.DashboardBuilder {
 		WithPanel(ts("Probe success", "Whether each probe's last poll succeeded (1) or failed (0), by node.", "short").
 			Min(0).Max(1).Thresholds(thresholds("red", 1, "green")).
 			WithTarget(query(`min by (node, probe) (ark_probe_success{`+sel+`})`, "{{node}} {{probe}}"))).
-		WithPanel(ts("Probe duration", "Time each probe's polls take (99th percentile over the interval).", "s").
+		WithPanel(ts("Probe duration", "How long each probe's last poll (or state change) took, by node.", "s").
 			Thresholds(thresholds("green", 1, "orange")).
-			WithTarget(query(`histogram_quantile(0.99, sum by (probe, le) (rate(ark_probe_duration_seconds_bucket{`+sel+`}`+perStep+`)))`, "{{probe}}"))).
+			WithTarget(query(`max by (node, probe) (ark_probe_duration_seconds{`+sel+`})`, "{{node}} {{probe}}"))).
 		WithPanel(ts("Discovery skipped", "Processes job discovery skipped, by reason.", "ops").
 			Thresholds(thresholds("green")).
 			WithTarget(query(`sum by (reason) (rate(ark_discovery_skipped_total{`+sel+`}`+perStep+`))`, "{{reason}}"))).

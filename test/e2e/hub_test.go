@@ -56,8 +56,14 @@ type proc struct {
 
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
+	return startCmd(t, name, exec.Command(arkBin, args...))
+}
+
+// startCmd starts cmd, which has no output set, and stops it when the
+// test ends.
+func startCmd(t *testing.T, name string, cmd *exec.Cmd) *proc {
+	t.Helper()
 	var out bytes.Buffer
-	cmd := exec.Command(arkBin, args...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
