@@ -91,9 +91,9 @@ func Cluster() *dashboard.DashboardBuilder {
 			Thresholds(thresholds("green", 1, "orange")).
 			WithTarget(query(`sum by (node, peer) (ark_tcp_stalled_flows{`+sel+`})`, "{{node}} → {{peer}}"))).
 		WithRow(dashboard.NewRowBuilder("Jobs")).
-		WithPanel(single("Jobs stalled", "Jobs whose busiest rank uses less than 1% of its GPU (recording rule job_id:ark_rank_utilization_percent:max).", "short").
+		WithPanel(single("Jobs stalled", "Jobs whose busiest rank uses less than 1% of its GPU (recording rule job_id:ark_rank_utilization_percent:max); 0 while every job runs, no data when no job is tracked.", "short").
 			Thresholds(thresholds("green", 1, "red")).
-			WithTarget(instant(`count(job_id:ark_rank_utilization_percent:max{`+selAll+`} < 1)`, ""))).
+			WithTarget(instant(`count(job_id:ark_rank_utilization_percent:max{`+selAll+`} < 1) or 0 * count(job_id:ark_rank_utilization_percent:max{`+selAll+`})`, ""))).
 		WithPanel(single("Jobs running", "Jobs with at least one rank tracked by an agent.", "short").
 			Thresholds(thresholds("blue")).
 			WithTarget(instant(`count(job_id:ark_rank_utilization_percent:max{`+selAll+`})`, ""))).
