@@ -7,6 +7,7 @@ package deploy_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
@@ -81,8 +83,8 @@ func decode(t *testing.T, what string, b []byte) []*unstructured.Unstructured {
 	return objs
 }
 
-// TestEveryOverlayPassesServerSideDryRun creates every rendered object
-// with dryRun=All and fieldValidation=Strict: unknown or duplicate fields,
+// TestEveryOverlayPassesServerSideDryRun applies every rendered object
+// server-side with dryRun=All and fieldValidation=Strict: unknown or duplicate fields,
 // invalid values, a kind the server does not serve all fail.
 func TestEveryOverlayPassesServerSideDryRun(t *testing.T) {
 	bin := kustomize(t)
@@ -166,8 +168,10 @@ func TestEveryOverlayPassesServerSideDryRun(t *testing.T) {
 	}
 }
 
-// dryRun creates o with dryRun=All and strict field validation. Objects
-// are sorted by kustomize so that a Namespace comes before what it holds.
+// dryRun applies o server-side (kubectl apply --server-side
+// --dry-run=server --validate=strict) with dryRun=All and strict field
+// validation. Objects are sorted by kustomize so that a Namespace comes
+// before what it holds.
 func dryRun(ctx context.Context, dyn dynamic.Interface, mapper meta.RESTMapper, o *unstructured.Unstructured) error {
 	gvk := o.GroupVersionKind()
 	m, err := mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
@@ -181,7 +185,14 @@ func dryRun(ctx context.Context, dyn dynamic.Interface, mapper meta.RESTMapper, 
 		}
 		r = dyn.Resource(m.Resource).Namespace(o.GetNamespace())
 	}
-	_, err = r.Create(ctx, o, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}, FieldValidation: "Strict"})
+	data, err := json.Marshal(o)
+	if err != nil {
+		return err
+	}
+	force := true
+	_, err = r.Patch(ctx, o.GetName(), types.ApplyPatchType, data, metav1.PatchOptions{
+		DryRun: []string{metav1.DryRunAll}, Force: &force, FieldManager: "ark-deploy-test", FieldValidation: "Strict",
+	})
 	return err
 }
 
