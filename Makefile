@@ -10,7 +10,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test test-unit lint fmt bench bench-hub bench-remediation demo fuzz kube clean generate generate-check bpf-deps vmlinux
+.PHONY: all build test test-unit lint fmt bench bench-hub bench-remediation demo fuzz kube tools manifests dashboards clean generate generate-check bpf-deps vmlinux
 
 all: build
 
@@ -18,7 +18,7 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ark
 
 ## test: every test, with the race detector, plus lint (what CI runs)
-test: lint kube bpf-deps generate-check
+test: lint kube tools bpf-deps generate-check
 	$(GO) test -race -count=1 $(PKGS)
 
 ## kube: build (once, cached in ~/.cache/ark) the real etcd, kube-apiserver
@@ -42,6 +42,25 @@ generate-check: bpf-deps
 ## vmlinux: dump this kernel's BTF as bpf/vmlinux.h (committed)
 vmlinux:
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/vmlinux.h
+
+## tools: the tools the tests run (cached in ~/.cache/ark): kustomize, and
+## Debian's Prometheus, promtool and Alertmanager
+tools:
+	@hack/tools.sh kustomize >/dev/null
+	@for t in prometheus promtool alertmanager amtool; do hack/prometheus.sh $$t >/dev/null; done
+
+## manifests: regenerate deploy/base/prometheus-rule.yaml from alerts/ and
+## render every kustomization into bin/manifests/ (kubectl apply -f those, or
+## kubectl apply -k deploy/overlays/... directly)
+manifests:
+	$(GO) test -count=1 ./alerts -run PrometheusRuleWrapsTheRuleFiles -update
+	@mkdir -p bin/manifests
+	@k=$$(hack/tools.sh kustomize) && for d in base overlays/with-remediation overlays/dry-run; do \
+		"$$k" build deploy/$$d > bin/manifests/$$(basename $$d).yaml && echo "bin/manifests/$$(basename $$d).yaml"; done
+
+## dashboards: regenerate dashboards/*.json from their Go source
+dashboards:
+	$(GO) test -count=1 ./dashboards -run GeneratedJSON -update
 
 ## test-unit: the fast inner loop
 test-unit:

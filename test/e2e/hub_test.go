@@ -56,8 +56,14 @@ type proc struct {
 
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
+	return startCmd(t, name, exec.Command(arkBin, args...))
+}
+
+// startCmd starts cmd, which has no output set, and stops it when the
+// test ends.
+func startCmd(t *testing.T, name string, cmd *exec.Cmd) *proc {
+	t.Helper()
 	var out bytes.Buffer
-	cmd := exec.Command(arkBin, args...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -387,14 +393,7 @@ func startRank(t *testing.T, dir, replay string) (pid int, got string) {
 	extra := fmt.Sprintf(`{"ts":%d,"event_type":"intent.run","entity_id":"pid-%d","value":"running","pid":%d,"job_id":"train/example","attrs":{"rank":"99"}}
 {"ts":%d,"event_type":"process.state","entity_id":"pid-%d","value":"S","pid":%d,"job_id":"train/example","attrs":{"start_time":"%s"}}
 `, now, pid, pid, now, pid, pid, startTime(t, pid))
-	f, err := os.OpenFile(replay, os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.WriteString(extra); err != nil {
-		t.Fatal(err)
-	}
+	appendFile(t, replay, extra)
 	return pid, got
 }
 
