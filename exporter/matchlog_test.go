@@ -43,7 +43,7 @@ func TestRepeatedRuleMatchesAreFoldedWithACount(t *testing.T) {
 		got = append(got, l)
 	}
 	want := map[line]int{
-		{Msg: "rule matched", Rule: "xid-fatal"}:                                        3, // gpu-3 twice (two windows), gpu-4 once
+		{Msg: "rule matched", Rule: "xid-fatal"}:                                       3, // gpu-3 twice (two windows), gpu-4 once
 		{Msg: "rule matched again", Rule: "xid-fatal", Entity: "gpu-3", Repeats: 1999}: 1,
 	}
 	for _, l := range got {
