@@ -10,12 +10,18 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test test-unit lint fmt bench bench-hub bench-remediation demo fuzz kube clean
+.PHONY: all build build-agent test test-unit lint fmt bench bench-hub bench-remediation demo fuzz kube clean
 
 all: build
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ark
+
+## build-agent: the node build, bin/ark-agent: every command but the hub,
+## without the hub's Kubernetes client and remediator (a smaller binary
+## mapped on every GPU host)
+build-agent:
+	$(GO) build -tags arkagent -ldflags '$(LDFLAGS)' -o bin/ark-agent ./cmd/ark
 
 ## test: every test, with the race detector, plus lint (what CI runs)
 test: lint kube
