@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // DefaultMaxLineBytes is the longest line a Decoder accepts by default.
@@ -21,6 +23,14 @@ type Decoder struct {
 	line     int64
 	accepted uint64
 	rejected [len(reasons)]uint64
+
+	// In-memory mode (NewBytesDecoder): data is the whole input, pos the
+	// next unread byte, last the bounds of the line last decoded.
+	data      string
+	pos       int
+	inMemory  bool
+	lastStart int
+	lastEnd   int
 }
 
 // DecoderOption configures a Decoder.
@@ -47,12 +57,30 @@ func NewDecoder(r io.Reader, opts ...DecoderOption) *Decoder {
 	return d
 }
 
+// NewBytesDecoder returns a Decoder over an in-memory recording. It
+// allocates nothing per line: the strings of the events it decodes are
+// slices of data, which must not change while they are in use. LastLine
+// tells where each event's line lies in data.
+func NewBytesDecoder(data []byte, opts ...DecoderOption) *Decoder {
+	d := &Decoder{max: DefaultMaxLineBytes, inMemory: true}
+	for _, o := range opts {
+		o(d)
+	}
+	if len(data) > 0 {
+		d.data = unsafe.String(&data[0], len(data))
+	}
+	return d
+}
+
 // Decode reads the next event into ev. It returns io.EOF at the end of the
 // stream, a *RejectError for a line it skipped, or the reader's error.
 //
 // Decode reuses ev.Attrs' storage; string fields stay valid after the next
 // call. Use Event.Clone to keep attrs across calls.
 func (d *Decoder) Decode(ev *Event) error {
+	if d.inMemory {
+		return d.decodeInMemory(ev)
+	}
 	for {
 		line, err := d.r.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
@@ -70,27 +98,84 @@ func (d *Decoder) Decode(ev *Event) error {
 		}
 		d.line++
 		line = bytes.TrimRight(line, "\r\n")
-		if len(line) > d.max {
-			return d.reject(ReasonTooLong, fmt.Sprintf("line longer than %d bytes", d.max))
+		if skip, derr := d.decodeLine(line, string(line), ev); !skip {
+			return derr
 		}
-		if len(bytes.TrimSpace(line)) == 0 {
-			if err != nil {
-				return io.EOF
-			}
-			continue
+		if err != nil {
+			return io.EOF
 		}
-		if perr := Unmarshal(line, ev); perr != nil {
-			var re *RejectError
-			if errors.As(perr, &re) {
-				re.Line = d.line
-				d.rejected[reasonIndex(re.Reason)]++
-			}
-			return perr
-		}
-		d.accepted++
-		return nil
 	}
 }
+
+func (d *Decoder) decodeInMemory(ev *Event) error {
+	line, err := d.Next()
+	if err != nil {
+		return err
+	}
+	if perr := parseLine(line, ev); perr != nil {
+		var re *RejectError
+		if errors.As(perr, &re) {
+			re.Line = d.line
+			d.rejected[reasonIndex(re.Reason)]++
+		}
+		return perr
+	}
+	d.accepted++
+	return nil
+}
+
+// Next returns the next line of a Decoder made by NewBytesDecoder, without
+// its newline and without parsing it, for a caller that parses it later
+// (UnmarshalString). Blank lines are passed over; a line that is too long
+// is rejected and counted as Decode does; io.EOF ends the data.
+func (d *Decoder) Next() (string, error) {
+	for d.pos < len(d.data) {
+		start := d.pos
+		end := len(d.data)
+		if i := strings.IndexByte(d.data[start:], '\n'); i >= 0 {
+			end = start + i
+			d.pos = end + 1
+		} else {
+			d.pos = end
+		}
+		d.line++
+		line := strings.TrimRight(d.data[start:end], "\r\n")
+		d.lastStart, d.lastEnd = start, start+len(line)
+		if len(line) > d.max {
+			return "", d.reject(ReasonTooLong, fmt.Sprintf("line longer than %d bytes", d.max))
+		}
+		if strings.TrimSpace(line) != "" {
+			return line, nil
+		}
+	}
+	return "", io.EOF
+}
+
+// decodeLine checks and parses one line without its newline, given both as
+// bytes and as the string the event's fields will slice. skip reports a
+// blank line, to be passed over.
+func (d *Decoder) decodeLine(line []byte, s string, ev *Event) (skip bool, err error) {
+	if len(line) > d.max {
+		return false, d.reject(ReasonTooLong, fmt.Sprintf("line longer than %d bytes", d.max))
+	}
+	if len(bytes.TrimSpace(line)) == 0 {
+		return true, nil
+	}
+	if perr := parseLine(s, ev); perr != nil {
+		var re *RejectError
+		if errors.As(perr, &re) {
+			re.Line = d.line
+			d.rejected[reasonIndex(re.Reason)]++
+		}
+		return false, perr
+	}
+	d.accepted++
+	return false, nil
+}
+
+// LastLine returns where the last line read lies in the data of a Decoder
+// made by NewBytesDecoder, without its newline: data[start:end].
+func (d *Decoder) LastLine() (start, end int) { return d.lastStart, d.lastEnd }
 
 func (d *Decoder) discardLine() error {
 	for {

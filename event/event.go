@@ -1,6 +1,6 @@
 // Package event is Ark's event model and wire contract: one JSON object per
 // line, written by probes and read by the agent, the collector receiver and the
-// hub (ARCHITECTURE.md §3).
+// hub (docs/events.md).
 package event
 
 import (

@@ -2,6 +2,7 @@ package event
 
 import (
 	"strconv"
+	"strings"
 	"unicode/utf16"
 	"unicode/utf8"
 )
@@ -55,6 +56,33 @@ const maxDepth = 64
 // On failure it returns a *RejectError.
 func Unmarshal(line []byte, ev *Event) error {
 	return parseLine(string(line), ev)
+}
+
+// UnmarshalString parses one JSON line into ev without copying it: every
+// unescaped string field of ev is a slice of line. It reuses ev.Attrs'
+// storage and returns a *RejectError on failure.
+func UnmarshalString(line string, ev *Event) error {
+	return parseLine(line, ev)
+}
+
+// PeekTS returns the ts a line starts with when it is written the way
+// AppendJSON writes it (`{"ts":<digits>,` first), without parsing the rest:
+// ok is false for any other line, whose ts only a full parse can tell. A
+// full parse may still reject the line, or find a later "ts" key that
+// overrides this one.
+func PeekTS(line string) (ts int64, ok bool) {
+	const prefix = `{"ts":`
+	if !strings.HasPrefix(line, prefix) {
+		return 0, false
+	}
+	i := len(prefix)
+	for i < len(line) && line[i] >= '0' && line[i] <= '9' {
+		i++
+	}
+	if i == len(prefix) || i == len(line) || line[i] != ',' {
+		return 0, false
+	}
+	return parseTS(line[len(prefix):i], kindNumber)
 }
 
 func reject(reason, detail string) error {

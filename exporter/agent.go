@@ -1,6 +1,6 @@
 // Package exporter is Ark's node agent: it runs the probes, fans their
 // events out on a bus to the local causal graph and the metrics, and serves
-// them as a Prometheus exporter (ARCHITECTURE.md §1, §5).
+// them as a Prometheus exporter (docs/README.md).
 package exporter
 
 import (
@@ -117,6 +117,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.NodeName == "" {
 		return nil, errors.New("agent: node name is required")
+	}
+	if err := cfg.File.checkProbes(probe.Specs()); err != nil {
+		return nil, err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), collectors.NewGoCollector())

@@ -201,6 +201,25 @@ func TestAgentReportsInactiveAndRestartsFailedProbes(t *testing.T) {
 	}
 }
 
+func TestUnknownProbeSectionIsAnError(t *testing.T) {
+	fc, err := LoadConfig([]byte("probes:\n  test-off: {}\n  nvmll: {}\n  bogus: {}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = New(Config{NodeName: "h", File: fc})
+	if err == nil {
+		t.Fatal("a section under probes: naming no probe must be an error")
+	}
+	for _, want := range []string{`unknown probe "bogus"`, `unknown probe "nvmll"`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %s", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), `"test-off"`) {
+		t.Errorf("error %q names a known probe", err)
+	}
+}
+
 func TestConfigSectionsAreStrict(t *testing.T) {
 	fc, err := LoadConfig([]byte("probes:\n  procfs:\n    interval: 2s\n    bogus: 1\n"))
 	if err != nil {

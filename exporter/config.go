@@ -5,10 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ark-gpu/ark/exporter/probe"
 )
 
 // FileConfig is the agent's config file: one section per probe, and the
@@ -86,4 +90,23 @@ func (fc *FileConfig) section(name string) func(v any) error {
 		}
 		return decodeNode("probe "+name, &node, v)
 	}
+}
+
+// checkProbes reports every section under probes: that names no known
+// probe, like the unknown keys everywhere else in the file.
+func (fc *FileConfig) checkProbes(specs []probe.Spec) error {
+	if fc == nil {
+		return nil
+	}
+	known := make([]string, len(specs))
+	for i, s := range specs {
+		known[i] = s.Name
+	}
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(fc.Probes)) {
+		if !slices.Contains(known, name) {
+			errs = append(errs, fmt.Errorf("agent config: probes: unknown probe %q (known: %s)", name, strings.Join(known, ", ")))
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/ark-gpu/ark/exporter/ipc"
 	"github.com/ark-gpu/ark/graph"
 	"github.com/ark-gpu/ark/internal/audit"
+	"github.com/ark-gpu/ark/internal/fold"
 	"github.com/ark-gpu/ark/link"
 	"github.com/ark-gpu/ark/rules"
 )
@@ -44,11 +45,22 @@ type control struct {
 	rules   *rules.Watcher
 	recent  *eventRing
 	matches *matchLog
+	// loud folds repeated "rule matched" lines per (rule, entity); only
+	// observe, on the control subscriber's goroutine, uses it.
+	loud *fold.Folder[matchKey, rules.Match]
 }
+
+// matchLogWindow is how long repeats of one rule on one entity are folded
+// into a count instead of a log line each.
+const matchLogWindow = time.Minute
+
+// matchKey is what a folded rule-match log line is about.
+type matchKey struct{ rule, entity string }
 
 func (a *Agent) newControl() (*control, error) {
 	cc := a.cfg.Control
-	c := &control{a: a, recent: newEventRing(4096), matches: newMatchLog(32)}
+	c := &control{a: a, recent: newEventRing(4096), matches: newMatchLog(32),
+		loud: fold.New[matchKey, rules.Match](matchLogWindow, 4096)}
 	w, err := rules.NewWatcher(rules.WatcherOptions{
 		Dir: cc.RulesDir, Defaults: true, Logger: a.log.With("component", "rules"), Registerer: a.reg,
 	})
@@ -104,8 +116,23 @@ func (c *control) observe(batch []event.Event) {
 		in := rules.InputFor(ev, c.a.graph)
 		for _, m := range rs.Evaluate(in) {
 			c.matches.add(ev, m)
-			c.a.log.Info("rule matched", "rule", m.Rule, "severity", m.Severity, "pid", m.Target.PID, "entity", m.EntityID, "message", m.Message)
+			c.logMatch(m)
 		}
+	}
+}
+
+// logMatch logs a rule match, the first of a (rule, entity) in a window at
+// once and the repeats as one line with their count when the window ends
+// (a log of 2,000 XIDs on one GPU is one line a minute, not 2,000).
+func (c *control) logMatch(m rules.Match) {
+	closed := func(k matchKey, w *fold.Window[rules.Match]) {
+		if w.Count > 1 {
+			c.a.log.Info("rule matched again", "rule", k.rule, "entity", k.entity,
+				"repeats", w.Count-1, "window", matchLogWindow.String(), "message", w.First.Message)
+		}
+	}
+	if c.loud.Observe(matchKey{m.Rule, m.EntityID}, m, c.a.cfg.Now(), closed) {
+		c.a.log.Info("rule matched", "rule", m.Rule, "severity", m.Severity, "pid", m.Target.PID, "entity", m.EntityID, "message", m.Message)
 	}
 }
 

@@ -1,7 +1,7 @@
 // Package graph is Ark's causal graph: processes, resources, errors, jobs and
 // hosts joined by Consumes, WaitsOn, BlockedBy and MemberOf edges, built from
 // events and walked by Why to name the root cause of a stalled target
-// (ARCHITECTURE.md §4). The agent keeps one for its host, the hub one for
+// (docs/graph.md). The agent keeps one for its host, the hub one for
 // every host, with ids namespaced by host ("node-7/gpu-3").
 package graph
 

@@ -181,9 +181,9 @@ func parseStartTime(ev *event.Event) (uint64, bool) {
 	return st, err == nil
 }
 
-// EdgeFor names the edge an event makes in the graph (ARCHITECTURE §3's
-// "graph effect"), with namespaced ids, for rules that look at it; the type
-// is 0 when the event makes none. A cross-node wait on a peer is not
+// EdgeFor names the edge an event makes in the graph (docs/events.md, "what
+// it adds to the graph"), with namespaced ids, for rules that look at it;
+// the type is 0 when the event makes none. A cross-node wait on a peer is not
 // included: which rank the peer is depends on the graph.
 func EdgeFor(ev *event.Event, qdepthThreshold float64) (t EdgeType, from, to string) {
 	h := &host{name: ev.NodeID}

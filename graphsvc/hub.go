@@ -1,7 +1,7 @@
 // Package graphsvc is Ark's hub: the global causal graph of every host, the
 // host state the agent link reports, OTLP/HTTP ingest and the HTTP API
 // (ps, why, diag, graph, fix, events) that the CLI, Grafana and the remediator
-// read (ARCHITECTURE.md §1, §3.1, §5). The agent link itself lives in
+// read (docs/README.md, docs/events.md). The agent link itself lives in
 // graphsvc/agents and meets the hub through Ingest, AgentConnected,
 // AgentDisconnected and the Dispatcher interface.
 package graphsvc

@@ -14,7 +14,7 @@ import (
 	"github.com/ark-gpu/ark/graph"
 )
 
-// The OTLP mapping of an event (ARCHITECTURE.md §3.1), shared by the hub's
+// The OTLP mapping of an event (docs/events.md, "The same event over OTLP"), shared by the hub's
 // ingest and the collector receiver.
 const (
 	// Resource attributes naming the host.

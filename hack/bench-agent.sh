@@ -2,7 +2,9 @@
 # Measures the agent's own CPU and memory under a realistic steady load:
 # 8 GPUs sampled at 1 Hz for 64 ranks plus 1,000 network events/s, fed by
 # hack/loadgen as an exec probe. Prints CPU as % of one core (after a
-# warm-up) and RSS. Usage: hack/bench-agent.sh [SECONDS]
+# warm-up) and RSS. The agent is the node build (tag arkagent, as
+# `make build-agent`); AGENT_TAGS= measures the full ark binary instead.
+# Usage: hack/bench-agent.sh [SECONDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-30}
@@ -10,7 +12,9 @@ warm=5
 tmp=$(mktemp -d)
 trap 'kill "$agent" 2>/dev/null || true; rm -rf "$tmp"' EXIT
 
-go build -o "$tmp/ark" ./cmd/ark
+tags=${AGENT_TAGS-arkagent}
+go build -tags "$tags" -o "$tmp/ark" ./cmd/ark
+echo "agent binary (tags '$tags'): $(stat -c %s "$tmp/ark") bytes"
 go build -o "$tmp/loadgen" ./hack/loadgen
 cat >"$tmp/agent.yaml" <<YAML
 probes:

@@ -1,6 +1,6 @@
 // Package link is the agent↔hub wire protocol: JSON frames over one
 // WebSocket, both ways. It is the one package both sides import, so they
-// meet only on the wire (ARCHITECTURE.md §2).
+// meet only on the wire (docs/README.md).
 //
 // A session:
 //

@@ -14,13 +14,13 @@ import (
 
 	amlabels "github.com/prometheus/alertmanager/pkg/labels"
 	"github.com/prometheus/common/model"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // Class is a fault class: what kind of hardware fault an alert reports.
 type Class string
 
-// The fault classes of the architecture (§5).
+// The fault classes (remediator/README.md).
 const (
 	PersistentXidError   Class = "PersistentXidError"
 	RdmaLinkDown         Class = "RdmaLinkDown"

@@ -1,8 +1,8 @@
 // Package rules is Ark's rule engine: YAML rules whose triggers name an
 // event type and a CEL condition over the event, the graph edge it produced
 // and the process it concerns, compiled once when the file loads and
-// evaluated on each event the local causal graph applies (ARCHITECTURE.md
-// §1). A match names the rule's actions and the target (pid, job, host) the
+// evaluated on each event the local causal graph applies (docs/README.md).
+// A match names the rule's actions and the target (pid, job, host) the
 // agent's executor or the hub's remediator acts on.
 package rules
 
@@ -48,7 +48,7 @@ var ActionTypes = []ActionType{ActionSignal, ActionGracefulShutdown, ActionRunHo
 // Signals a Signal or GracefulShutdown action may send.
 var Signals = []string{"SIGUSR1", "SIGUSR2", "SIGTERM", "SIGKILL", "SIGCONT", "SIGSTOP"}
 
-// FaultClasses a Quarantine action may name (ARCHITECTURE.md §5).
+// FaultClasses a Quarantine action may name (remediator/README.md).
 var FaultClasses = []string{"PersistentXidError", "RdmaLinkDown", "StorageDeviceFailure", "OtherHardwareFailure"}
 
 // DefaultCooldown is how long a rule stays quiet for one target after it

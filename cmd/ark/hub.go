@@ -1,3 +1,5 @@
+//go:build !arkagent
+
 package main
 
 import (

@@ -1,5 +1,5 @@
 // Package forwarder is the agent's side of the agent↔hub link
-// (ARCHITECTURE.md §1, link package): it folds the agent's events down to
+// (docs/README.md, link package): it folds the agent's events down to
 // the ones that change the hub's graph, streams them over a WebSocket with
 // acknowledged batches, keeps them in a bounded buffer while the hub is
 // away, and runs the commands the hub sends.

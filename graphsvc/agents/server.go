@@ -1,5 +1,5 @@
 // Package agents is the hub's side of the agent↔hub link (link package,
-// ARCHITECTURE.md §1): it authenticates agents, takes their hello, applies
+// docs/README.md): it authenticates agents, takes their hello, applies
 // their snapshot and event batches through a callback with each event
 // pinned to the agent's own host, acknowledges them, and dispatches
 // commands to an agent and waits for the result.

@@ -56,7 +56,7 @@ type Config struct {
 }
 
 // ProgramConfig is one external probe: an executable that writes JSONL
-// events (ARCHITECTURE.md §3) on stdout. A zero or absent field takes its
+// events (docs/events.md) on stdout. A zero or absent field takes its
 // default.
 type ProgramConfig struct {
 	// Name identifies the program in metrics (label probe) and logs.

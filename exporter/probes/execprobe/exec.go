@@ -1,5 +1,5 @@
 // Package execprobe is the "exec" probe: it runs external programs that
-// write JSONL events (ARCHITECTURE.md §3) on stdout — probes written in
+// write JSONL events (docs/events.md) on stdout — probes written in
 // Python, shell, Rust or anything else that can print a line — and feeds
 // their events to the agent.
 //

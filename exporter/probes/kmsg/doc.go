@@ -4,7 +4,7 @@
 // emits one error.hw event per XID, folding floods of the same XID on the
 // same GPU into one event plus a summary that carries the count.
 //
-// Events (ARCHITECTURE.md §3):
+// Events (docs/events.md):
 //
 //	event_type  error.hw
 //	entity_id   gpu-<index>, or gpu-pci-<domain:bus:device> when the index is unknown

@@ -1,0 +1,5 @@
+//go:build unix && !linux
+
+package analyze
+
+const mapPopulate = 0
