@@ -10,7 +10,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test test-unit lint fmt bench bench-hub bench-remediation demo fuzz kube clean
+.PHONY: all build test test-unit test-collector lint fmt bench bench-hub bench-remediation bench-collector demo fuzz kube otelcol clean
 
 all: build
 
@@ -18,8 +18,20 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ark
 
 ## test: every test, with the race detector, plus lint (what CI runs)
-test: lint kube
+test: lint kube otelcol
 	$(GO) test -race -count=1 $(PKGS)
+	$(MAKE) test-collector
+
+## test-collector: the collector receiver's own module (go test ./... does
+## not descend into it), its e2e against otelcol-ark, hubs and Prometheus
+test-collector:
+	cd collector-receiver && $(GO) vet ./... && "$$(../hack/tools.sh golangci-lint)" run ./...
+	cd collector-receiver && ARK_OTELCOL="$$(../hack/otelcol.sh)" $(GO) test -race -count=1 ./...
+
+## otelcol: build (once per change, cached in ~/.cache/ark) otelcol-ark,
+## the OpenTelemetry Collector with the ark receiver, into bin/
+otelcol:
+	@mkdir -p bin && ln -sf "$$(hack/otelcol.sh)" bin/otelcol-ark
 
 ## kube: build (once, cached in ~/.cache/ark) the real etcd, kube-apiserver
 ## and kube-controller-manager the remediation tests run against
@@ -46,6 +58,12 @@ bench: kube
 	$(GO) test -run '^$$' -bench . -benchmem -cpu 1 -benchtime 2s $(BENCH_PKGS)
 	hack/bench-agent.sh $(BENCH_AGENT_SECS)
 	$(MAKE) bench-remediation
+	$(MAKE) bench-collector
+
+## bench-collector: the ark receiver's events/s next to the contrib
+## file_log receiver with a json_parser on the same file, one process
+bench-collector:
+	cd collector-receiver && $(GO) test -run '^$$' -bench ReceiverVsFilelog -benchmem -benchtime 3x ./arkreceiver/
 
 ## bench-remediation: against a real kube-apiserver: webhook → taint
 ## latency (one alert at a time) and nodes quarantined per second (100
