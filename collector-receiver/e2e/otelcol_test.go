@@ -260,7 +260,7 @@ receivers:
   ark:
     include: [%s]
 exporters:
-  loadbalancing:
+  load_balancing:
     routing_key: traceID
     protocol:
       otlp:
@@ -269,7 +269,7 @@ exporters:
       static: {hostnames: ["%s", "%s"]}
 service:
   pipelines:
-    traces: {receivers: [ark], exporters: [loadbalancing]}
+    traces: {receivers: [ark], exporters: [load_balancing]}
 %s`, in, relayA, relayB, telemetryOff))
 
 	// Which hub owns which job is the load balancer's hash: find out, then
