@@ -10,7 +10,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build build-agent test test-unit lint fmt bench bench-hub bench-remediation demo fuzz kube tools manifests dashboards clean generate generate-check bpf-deps vmlinux
+.PHONY: all build build-agent test test-unit test-collector lint fmt bench bench-hub bench-remediation bench-collector demo fuzz kube otelcol tools manifests dashboards clean generate generate-check bpf-deps vmlinux
 
 all: build
 
@@ -24,8 +24,20 @@ build-agent:
 	$(GO) build -tags arkagent -ldflags '$(LDFLAGS)' -o bin/ark-agent ./cmd/ark
 
 ## test: every test, with the race detector, plus lint (what CI runs)
-test: lint kube tools bpf-deps generate-check
+test: lint kube tools bpf-deps generate-check otelcol
 	$(GO) test -race -count=1 $(PKGS)
+	$(MAKE) test-collector
+
+## test-collector: the collector receiver's own module (go test ./... does
+## not descend into it), its e2e against otelcol-ark, hubs and Prometheus
+test-collector:
+	cd collector-receiver && $(GO) vet ./...
+	cd collector-receiver && ARK_OTELCOL="$$(../hack/otelcol.sh)" $(GO) test -count=1 ./...
+
+## otelcol: build (once per change, cached in ~/.cache/ark) otelcol-ark,
+## the OpenTelemetry Collector with the ark receiver, into bin/
+otelcol:
+	@mkdir -p bin && ln -sf "$$(hack/otelcol.sh)" bin/otelcol-ark
 
 ## kube: build (once, cached in ~/.cache/ark) the real etcd, kube-apiserver
 ## and kube-controller-manager the remediation tests run against
@@ -90,6 +102,12 @@ bench: kube
 	hack/bench-analyze.sh
 	hack/bench-agent.sh $(BENCH_AGENT_SECS)
 	$(MAKE) bench-remediation
+	$(MAKE) bench-collector
+
+## bench-collector: the ark receiver's events/s next to the contrib
+## file_log receiver with a json_parser on the same file, one process
+bench-collector:
+	cd collector-receiver && $(GO) test -run '^$$' -bench ReceiverVsFilelog -benchmem -benchtime 3x ./arkreceiver/
 
 ## bench-remediation: against a real kube-apiserver: webhook → taint
 ## latency (one alert at a time) and nodes quarantined per second (100

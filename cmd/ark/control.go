@@ -228,7 +228,7 @@ func newWhyCmd() *cobra.Command {
 					q.Set("node", h.node)
 					q.Set("pid", strconv.FormatInt(ta.PID, 10))
 				}
-				if err := h.do(cmd.Context(), http.MethodGet, "/api/v1/why", q, nil, &res); err != nil {
+				if err := h.whyAcross(cmd.Context(), q, &res); err != nil {
 					return err
 				}
 			} else if err := f.call(cmd, "why", ta, &res); err != nil {

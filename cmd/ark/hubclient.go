@@ -13,6 +13,8 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+
+	"github.com/ark-gpu/ark/graph"
 )
 
 // hubFlags send a command to the hub's HTTP API instead of the local agent.
@@ -23,7 +25,7 @@ type hubFlags struct {
 }
 
 func (h *hubFlags) add(cmd *cobra.Command, withNode bool) {
-	cmd.Flags().StringVar(&h.hub, "hub", envOr("ARK_HUB", ""), "ask the hub at this URL (http://host:9465) instead of the local agent")
+	cmd.Flags().StringVar(&h.hub, "hub", envOr("ARK_HUB", ""), "ask the hub at this URL (http://host:9465) instead of the local agent; why takes a comma-separated list of hubs sharded by job and answers from the one that holds the target")
 	cmd.Flags().StringVar(&h.tokenFile, "token-file", "", "bearer token for the hub (default $ARK_TOKEN)")
 	if withNode {
 		cmd.Flags().StringVar(&h.node, "node", "", "with --hub: the host of the pid")
@@ -39,6 +41,31 @@ func (h *hubFlags) token() (string, error) {
 		return strings.TrimSpace(string(b)), nil
 	}
 	return os.Getenv("ARK_TOKEN"), nil
+}
+
+// whyAcross asks each hub of a comma-separated --hub list, for hubs
+// sharded by job behind a load balancer, and keeps the answer of the first
+// that holds the target; with none, the last answer (target not found).
+func (h *hubFlags) whyAcross(ctx context.Context, q url.Values, res *graph.Result) error {
+	var errs []error
+	answered := false
+	for _, hub := range strings.Split(h.hub, ",") {
+		one := *h
+		one.hub = strings.TrimSpace(hub)
+		var r graph.Result
+		if err := one.do(ctx, http.MethodGet, "/api/v1/why", q, nil, &r); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		*res, answered = r, true
+		if r.Found {
+			return nil
+		}
+	}
+	if answered {
+		return nil
+	}
+	return errors.Join(errs...)
 }
 
 // do calls the hub and decodes a JSON answer into out; an error status

@@ -22,7 +22,7 @@ func BenchmarkReadEvents(b *testing.B) {
 	}{{"accepted", 1 << 30}, {"rate_limited", 1}} {
 		b.Run(bc.name, func(b *testing.B) {
 			cfg := Config{Programs: []ProgramConfig{{Name: "bench", Command: "x", MaxEventsPerSecond: bc.rate}}}
-			cfg.setDefaults()
+			cfg.SetDefaults()
 			m, err := newMetrics(nil)
 			if err != nil {
 				b.Fatal(err)

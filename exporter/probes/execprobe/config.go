@@ -52,7 +52,7 @@ const (
 //	      backoff: {initial: 1s, max: 1m}
 //	      max_events_per_second: 10000
 type Config struct {
-	Programs []ProgramConfig `yaml:"programs" json:"programs"`
+	Programs []ProgramConfig `yaml:"programs" json:"programs" mapstructure:"programs"`
 }
 
 // ProgramConfig is one external probe: an executable that writes JSONL
@@ -60,41 +60,42 @@ type Config struct {
 // default.
 type ProgramConfig struct {
 	// Name identifies the program in metrics (label probe) and logs.
-	Name string `yaml:"name" json:"name"`
+	Name string `yaml:"name" json:"name" mapstructure:"name"`
 	// Command is the executable, a path or a name looked up in PATH; it is
 	// run directly, not through a shell.
-	Command string   `yaml:"command" json:"command"`
-	Args    []string `yaml:"args" json:"args"`
+	Command string   `yaml:"command" json:"command" mapstructure:"command"`
+	Args    []string `yaml:"args" json:"args" mapstructure:"args"`
 	// Env is added to the agent's environment, as a map or a list of
 	// KEY=VALUE strings.
-	Env EnvVars `yaml:"env" json:"env"`
+	Env EnvVars `yaml:"env" json:"env" mapstructure:"env"`
 	// Dir is the working directory; empty means the agent's.
-	Dir     string        `yaml:"dir" json:"dir"`
-	Restart RestartPolicy `yaml:"restart" json:"restart"`
-	Backoff BackoffConfig `yaml:"backoff" json:"backoff"`
+	Dir     string        `yaml:"dir" json:"dir" mapstructure:"dir"`
+	Restart RestartPolicy `yaml:"restart" json:"restart" mapstructure:"restart"`
+	Backoff BackoffConfig `yaml:"backoff" json:"backoff" mapstructure:"backoff"`
 	// MaxEventsPerSecond caps the events taken from the program (burst: one
 	// second's worth); the excess is dropped and counted.
-	MaxEventsPerSecond int `yaml:"max_events_per_second" json:"max_events_per_second"`
+	MaxEventsPerSecond int `yaml:"max_events_per_second" json:"max_events_per_second" mapstructure:"max_events_per_second"`
 	// MaxLineBytes is the longest accepted stdout line.
-	MaxLineBytes int `yaml:"max_line_bytes" json:"max_line_bytes"`
+	MaxLineBytes int `yaml:"max_line_bytes" json:"max_line_bytes" mapstructure:"max_line_bytes"`
 	// MaxStderrLinesPerSecond caps the stderr lines copied into the log.
-	MaxStderrLinesPerSecond int `yaml:"max_stderr_lines_per_second" json:"max_stderr_lines_per_second"`
+	MaxStderrLinesPerSecond int `yaml:"max_stderr_lines_per_second" json:"max_stderr_lines_per_second" mapstructure:"max_stderr_lines_per_second"`
 	// ShutdownGrace is how long the process group has between SIGTERM and
 	// SIGKILL.
-	ShutdownGrace time.Duration `yaml:"shutdown_grace" json:"shutdown_grace"`
+	ShutdownGrace time.Duration `yaml:"shutdown_grace" json:"shutdown_grace" mapstructure:"shutdown_grace"`
 }
 
 // BackoffConfig is the delay before a restart: the n-th consecutive restart
 // waits a random time in [d/2, d], d = Initial·2^(n-1) capped at Max. A run
 // longer than ResetAfter starts the sequence again from Initial.
 type BackoffConfig struct {
-	Initial    time.Duration `yaml:"initial" json:"initial"`
-	Max        time.Duration `yaml:"max" json:"max"`
-	ResetAfter time.Duration `yaml:"reset_after" json:"reset_after"`
+	Initial    time.Duration `yaml:"initial" json:"initial" mapstructure:"initial"`
+	Max        time.Duration `yaml:"max" json:"max" mapstructure:"max"`
+	ResetAfter time.Duration `yaml:"reset_after" json:"reset_after" mapstructure:"reset_after"`
 }
 
 // EnvVars are KEY=VALUE strings. In YAML they are written as a map or as a
-// list of KEY=VALUE strings; a map is sorted by key.
+// list of KEY=VALUE strings; a map is sorted by key. (The mapstructure tags
+// let the Collector receiver embed Config; there env is a list.)
 type EnvVars []string
 
 // UnmarshalYAML accepts a map or a list.
@@ -126,8 +127,9 @@ func (e *EnvVars) UnmarshalYAML(n *yaml.Node) error {
 	}
 }
 
-// setDefaults fills every zero field with its default.
-func (c *Config) setDefaults() {
+// SetDefaults fills every zero field with its default (Validate expects
+// them filled).
+func (c *Config) SetDefaults() {
 	for i := range c.Programs {
 		p := &c.Programs[i]
 		if p.Restart == "" {

@@ -114,7 +114,7 @@ func loadConfig(decode func(v any) error) (Config, error) {
 			return Config{}, fmt.Errorf("reading exec probe config: %w", err)
 		}
 	}
-	cfg.setDefaults()
+	cfg.SetDefaults()
 	if err := cfg.Validate(); err != nil {
 		return Config{}, fmt.Errorf("invalid exec probe config: %w", err)
 	}
