@@ -10,10 +10,10 @@ import (
 	"time"
 
 	"github.com/ark-gpu/ark/event"
-	"github.com/ark-gpu/ark/exporter/audit"
 	"github.com/ark-gpu/ark/exporter/executor"
 	"github.com/ark-gpu/ark/exporter/ipc"
 	"github.com/ark-gpu/ark/graph"
+	"github.com/ark-gpu/ark/internal/audit"
 	"github.com/ark-gpu/ark/link"
 	"github.com/ark-gpu/ark/rules"
 )
@@ -80,8 +80,8 @@ func (a *Agent) newControl() (*control, error) {
 // mirror puts an audit entry on the bus as an action.exec event.
 func (c *control) mirror(e audit.Entry) {
 	ev := event.Event{
-		TS: e.Timestamp.UnixMilli(), Type: event.ActionExec, EntityID: "pid-" + strconv.FormatInt(e.TargetPID, 10),
-		PID: e.TargetPID, JobID: e.TargetJobID, NodeID: e.TargetNode, Value: string(e.Result),
+		TS: e.Timestamp.UnixMilli(), Type: event.ActionExec, EntityID: "pid-" + strconv.FormatInt(e.Target.PID, 10),
+		PID: e.Target.PID, JobID: e.Target.JobID, NodeID: e.Target.Node, Value: string(e.Result),
 		Attrs: event.Attrs{{Key: "action", Value: e.Action}, {Key: "user", Value: e.User}},
 	}
 	if ev.TS <= 0 {

@@ -19,7 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
-	"github.com/ark-gpu/ark/exporter/audit"
+	"github.com/ark-gpu/ark/internal/audit"
 	"github.com/ark-gpu/ark/internal/kubetest"
 	"github.com/ark-gpu/ark/remediator"
 )

@@ -28,7 +28,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/retry"
 
-	"github.com/ark-gpu/ark/exporter/audit"
+	"github.com/ark-gpu/ark/internal/audit"
 	"github.com/ark-gpu/ark/link"
 )
 
@@ -62,7 +62,7 @@ type Agents interface {
 	Dispatch(ctx context.Context, node string, cmd link.Command) (link.Result, error)
 }
 
-// Auditor records one audit entry (exporter/audit.Log).
+// Auditor records one audit entry (internal/audit.Log).
 type Auditor interface {
 	Write(ctx context.Context, e audit.Entry) error
 }
@@ -295,7 +295,7 @@ func (r *Remediator) audit(ctx context.Context, s step, action string, res audit
 		res = audit.DryRun
 	}
 	r.m.actions.WithLabelValues(string(s.class), action, string(res)).Inc()
-	e := audit.Entry{User: r.o.User, Action: action, TargetPID: pid, TargetJobID: jobID, TargetNode: s.node,
+	e := audit.Entry{User: r.o.User, Action: action, Target: audit.Target{PID: pid, JobID: jobID, Node: s.node},
 		Result: res, Details: details, Params: map[string]string{
 			"class": string(s.class), "alertname": s.j.alertname, "alert_node": s.j.node, "fingerprint": s.j.fingerprint,
 		}}

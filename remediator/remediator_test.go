@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ark-gpu/ark/exporter/audit"
+	"github.com/ark-gpu/ark/internal/audit"
 	"github.com/ark-gpu/ark/internal/kubetest"
 	"github.com/ark-gpu/ark/remediator"
 )
@@ -33,7 +33,7 @@ func (m *memAudit) find(action, node string) []audit.Entry {
 	defer m.mu.Unlock()
 	var out []audit.Entry
 	for _, e := range m.es {
-		if e.Action == action && e.TargetNode == node {
+		if e.Action == action && e.Target.Node == node {
 			out = append(out, e)
 		}
 	}

@@ -19,7 +19,7 @@ import (
 	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/record"
 
-	"github.com/ark-gpu/ark/exporter/audit"
+	"github.com/ark-gpu/ark/internal/audit"
 	corev1 "k8s.io/api/core/v1"
 )
 
@@ -132,7 +132,7 @@ func (r *Remediator) serve(w http.ResponseWriter, req *http.Request) (int, Webho
 // auditRejected records an alert that was refused, so the audit log shows
 // every request to act, not only those acted on.
 func (r *Remediator) auditRejected(ctx context.Context, a template.Alert, res AlertResult) {
-	e := audit.Entry{User: r.o.User, Action: "reject", TargetNode: res.Node, Result: audit.Failure, Details: res.Error,
+	e := audit.Entry{User: r.o.User, Action: "reject", Target: audit.Target{Node: res.Node}, Result: audit.Failure, Details: res.Error,
 		Params: map[string]string{"alertname": res.Alertname, "fingerprint": a.Fingerprint, "class": string(res.Class)}}
 	if err := r.o.Audit.Write(ctx, e); err != nil {
 		r.log.Error("writing the audit log", "err", err, "action", "reject")

@@ -24,10 +24,10 @@ import (
 
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/exporter"
-	"github.com/ark-gpu/ark/exporter/audit"
 	"github.com/ark-gpu/ark/exporter/ipc"
 	"github.com/ark-gpu/ark/graph"
 	"github.com/ark-gpu/ark/graph/analyze"
+	"github.com/ark-gpu/ark/internal/audit"
 	"github.com/ark-gpu/ark/link"
 	"github.com/ark-gpu/ark/rules"
 )

@@ -15,10 +15,10 @@ import (
 
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/exporter"
-	"github.com/ark-gpu/ark/exporter/audit"
 	"github.com/ark-gpu/ark/exporter/probe"
 	"github.com/ark-gpu/ark/exporter/procstat"
 	"github.com/ark-gpu/ark/graph"
+	"github.com/ark-gpu/ark/internal/audit"
 )
 
 // startTime reads field 22 of /proc/<pid>/stat.
@@ -181,8 +181,8 @@ func TestPsWhyDiagFixEndToEnd(t *testing.T) {
 	}
 	entries := auditEntries(t, ta.audit)
 	if len(entries) != 2 || entries[0].Result != audit.DryRun || entries[1].Result != audit.Success ||
-		entries[1].Action != "Signal" || entries[1].TargetJobID != "j1" || entries[1].TargetNode != "gpu-host-1" ||
-		!strings.Contains(entries[1].User, "uid=0") || entries[1].TargetPID != int64(cmd.Process.Pid) {
+		entries[1].Action != "Signal" || entries[1].Target.JobID != "j1" || entries[1].Target.Node != "gpu-host-1" ||
+		!strings.Contains(entries[1].User, "uid=0") || entries[1].Target.PID != int64(cmd.Process.Pid) {
 		t.Fatalf("audit: %+v", entries)
 	}
 	// The audit entry is mirrored on the bus as action.exec.

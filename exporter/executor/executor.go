@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ark-gpu/ark/exporter/audit"
+	"github.com/ark-gpu/ark/internal/audit"
 )
 
 // The allow-listed actions; anything else is refused with ErrNotAllowed.
@@ -162,7 +162,7 @@ func (x *Executor) Execute(ctx context.Context, req Request) Result {
 	}
 	entry := audit.Entry{
 		Timestamp: time.Now(), User: req.User, Action: req.Action,
-		TargetPID: req.PID, TargetJobID: jobID, TargetNode: req.Node,
+		Target: audit.Target{PID: req.PID, JobID: jobID, Node: req.Node},
 		Result: res.Result, Details: res.Details, Params: req.Params,
 	}
 	if entry.Action == "" {

@@ -17,7 +17,7 @@ import (
 
 	"go.uber.org/goleak"
 
-	"github.com/ark-gpu/ark/exporter/audit"
+	"github.com/ark-gpu/ark/internal/audit"
 )
 
 func TestMain(m *testing.M) {
@@ -86,7 +86,7 @@ func (h *harness) exec(req Request) Result {
 		h.t.Fatalf("%s: wrote %d audit entries, want 1", req.Action, got)
 	}
 	e := h.fa.last()
-	if e.Result != res.Result || e.Details != res.Details || e.TargetPID != req.PID || e.User != req.User || e.TargetNode == "" {
+	if e.Result != res.Result || e.Details != res.Details || e.Target.PID != req.PID || e.User != req.User || e.Target.Node == "" {
 		h.t.Fatalf("audit entry %+v does not match request %+v / result %+v", e, req, res)
 	}
 	if req.Action != "" && e.Action != req.Action {
@@ -222,8 +222,8 @@ func TestJobMismatchIsRefused(t *testing.T) {
 			req := signalReq(pid, startTimeOf(t, pid), "SIGKILL")
 			req.ExpectedJobID = "job-a"
 			wantErr(t, h.exec(req), ErrNotInJob)
-			if h.fa.last().TargetJobID != "job-a" {
-				t.Errorf("audit target_job_id = %q", h.fa.last().TargetJobID)
+			if h.fa.last().Target.JobID != "job-a" {
+				t.Errorf("audit target_job_id = %q", h.fa.last().Target.JobID)
 			}
 		})
 	}
@@ -438,7 +438,7 @@ func TestReportOnlyOnlyAudits(t *testing.T) {
 	h := newHarness(t, Config{}, nil)
 	res := h.exec(Request{Action: ActionReportOnly, PID: 1, User: "bob", Params: map[string]string{"reason": "xid 79"}})
 	wantResult(t, res, audit.Success)
-	if e := h.fa.last(); e.Params["reason"] != "xid 79" || e.TargetNode != "node-1" {
+	if e := h.fa.last(); e.Params["reason"] != "xid 79" || e.Target.Node != "node-1" {
 		t.Errorf("entry %+v", e)
 	}
 }
@@ -513,7 +513,7 @@ func TestRequestsAreRecordedInTheRealAuditLog(t *testing.T) {
 		if err := json.Unmarshal([]byte(lines[i]), &e); err != nil {
 			t.Fatal(err)
 		}
-		if e.Result != want.Result || e.TargetPID != pid || e.Action != ActionSignal || e.TargetNode != "node-1" || e.Details != want.Details {
+		if e.Result != want.Result || e.Target.PID != pid || e.Action != ActionSignal || e.Target.Node != "node-1" || e.Details != want.Details {
 			t.Errorf("line %d = %+v, want result %s", i, e, want.Result)
 		}
 	}

@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ark-gpu/ark/exporter/audit"
+	"github.com/ark-gpu/ark/internal/audit"
 )
 
 // hookPath is the PATH a hook runs with; the agent's own environment (which

@@ -13,10 +13,10 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/ark-gpu/ark/exporter/audit"
 	"github.com/ark-gpu/ark/graph"
 	"github.com/ark-gpu/ark/graphsvc"
 	"github.com/ark-gpu/ark/graphsvc/agents"
+	"github.com/ark-gpu/ark/internal/audit"
 	"github.com/ark-gpu/ark/remediator"
 )
 

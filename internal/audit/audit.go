@@ -1,6 +1,6 @@
-// Package audit writes the agent's audit log: one JSON object per line for
-// every action the executor was asked to take, fsynced per entry and rotated
-// by size with lumberjack.
+// Package audit writes the audit log that the node agent and the hub's
+// remediator share: one JSON object per line for every action either was
+// asked to take, fsynced per entry and rotated by size with lumberjack.
 package audit
 
 import (
@@ -49,6 +49,15 @@ var (
 	ErrClosed = errors.New("audit log closed")
 )
 
+// Target is what an action was aimed at: a process on the agent, a node in
+// the remediator, a job's ranks in either. Each field is left out of the
+// line when empty, so an entry names only what it acted on.
+type Target struct {
+	PID   int64  `json:"target_pid,omitempty"`
+	JobID string `json:"target_job_id,omitempty"`
+	Node  string `json:"target_node,omitempty"`
+}
+
 // Entry is one line of the audit log.
 //
 // Details is always a string (a human-readable reason or outcome) so that
@@ -57,15 +66,13 @@ var (
 type Entry struct {
 	// Timestamp is written as RFC3339 with nanoseconds in UTC; Write sets it
 	// to the current time when zero.
-	Timestamp   time.Time         `json:"timestamp"`
-	User        string            `json:"user"`
-	Action      string            `json:"action"`
-	TargetPID   int64             `json:"target_pid"`
-	TargetJobID string            `json:"target_job_id"`
-	TargetNode  string            `json:"target_node"`
-	Result      Result            `json:"result"`
-	Details     string            `json:"details"`
-	Params      map[string]string `json:"params,omitempty"`
+	Timestamp time.Time `json:"timestamp"`
+	User      string    `json:"user"`
+	Action    string    `json:"action"`
+	Target
+	Result  Result            `json:"result"`
+	Details string            `json:"details"`
+	Params  map[string]string `json:"params,omitempty"`
 }
 
 // Config configures the audit log.

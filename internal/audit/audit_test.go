@@ -45,7 +45,7 @@ func crashHelper(path string) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(3)
 	}
-	if err := l.Write(context.Background(), Entry{User: "root", Action: "Signal", TargetPID: 42, Result: Success, Details: "crash-marker"}); err != nil {
+	if err := l.Write(context.Background(), Entry{User: "root", Action: "Signal", Target: Target{PID: 42}, Result: Success, Details: "crash-marker"}); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(4)
 	}
@@ -55,7 +55,7 @@ func crashHelper(path string) {
 
 func testEntry(i int, pad int) Entry {
 	return Entry{
-		User: "alice", Action: "Signal", TargetPID: int64(1000 + i), TargetJobID: "job-a", TargetNode: "node-1",
+		User: "alice", Action: "Signal", Target: Target{PID: int64(1000 + i), JobID: "job-a", Node: "node-1"},
 		Result: Success, Details: fmt.Sprintf("n=%d %s", i, strings.Repeat("x", pad)),
 	}
 }
@@ -134,7 +134,7 @@ func TestEntryHasExactlyTheContractFields(t *testing.T) {
 	}
 	defer l.Close()
 	ts := time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.FixedZone("CET", 3600))
-	in := Entry{Timestamp: ts, User: "alice", Action: "Signal", TargetPID: 4242, TargetJobID: "train/x", TargetNode: "node-7", Result: PartialFailure, Details: "escalated"}
+	in := Entry{Timestamp: ts, User: "alice", Action: "Signal", Target: Target{PID: 4242, JobID: "train/x", Node: "node-7"}, Result: PartialFailure, Details: "escalated"}
 	if err := l.Write(context.Background(), in); err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +164,7 @@ func TestEntryHasExactlyTheContractFields(t *testing.T) {
 	if m["target_pid"] != float64(4242) || m["result"] != "partial_failure" {
 		t.Errorf("target_pid/result = %v/%v", m["target_pid"], m["result"])
 	}
-	if len(mirrored) != 1 || mirrored[0].TargetPID != 4242 || !mirrored[0].Timestamp.Equal(ts) {
+	if len(mirrored) != 1 || mirrored[0].Target.PID != 4242 || !mirrored[0].Timestamp.Equal(ts) {
 		t.Errorf("mirror got %+v", mirrored)
 	}
 }
@@ -313,7 +313,7 @@ func TestEntrySurvivesACrashRightAfterTheWrite(t *testing.T) {
 		t.Fatal(err)
 	}
 	var e Entry
-	if err := json.Unmarshal(raw, &e); err != nil || e.Details != "crash-marker" || e.TargetPID != 42 {
+	if err := json.Unmarshal(raw, &e); err != nil || e.Details != "crash-marker" || e.Target.PID != 42 {
 		t.Fatalf("entry not on disk after crash: %q (%v)", raw, err)
 	}
 }
@@ -347,7 +347,7 @@ func BenchmarkAuditWrite(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer l.Close()
-	e := Entry{User: "root", Action: "Signal", TargetPID: 4242, TargetJobID: "train/llama", TargetNode: "node-7", Result: Success, Details: "signal SIGUSR1 delivered", Params: map[string]string{"signal": "SIGUSR1"}}
+	e := Entry{User: "root", Action: "Signal", Target: Target{PID: 4242, JobID: "train/llama", Node: "node-7"}, Result: Success, Details: "signal SIGUSR1 delivered", Params: map[string]string{"signal": "SIGUSR1"}}
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -356,4 +356,45 @@ func BenchmarkAuditWrite(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "entries/s")
+}
+
+func TestEmptyTargetFieldsAreLeftOut(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l, err := Open(Config{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	// A remediator step names only the node; an agent signal only pid and job.
+	if err := l.Write(context.Background(), Entry{User: "hub", Action: "taint", Target: Target{Node: "node-3"}, Result: Success}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Write(context.Background(), Entry{User: "root", Action: "Signal", Target: Target{PID: 7, JobID: "j"}, Result: Success}); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(string(raw), "\n"), "\n")
+	want := []string{"target_node", "target_job_id,target_pid"}
+	if len(lines) != len(want) {
+		t.Fatalf("got %d lines, want %d: %q", len(lines), len(want), raw)
+	}
+	for i, line := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatalf("line %d: %v", i, err)
+		}
+		var targets []string
+		for k := range m {
+			if strings.HasPrefix(k, "target_") {
+				targets = append(targets, k)
+			}
+		}
+		sort.Strings(targets)
+		if got := strings.Join(targets, ","); got != want[i] {
+			t.Errorf("line %d targets = %s, want %s", i, got, want[i])
+		}
+	}
 }
