@@ -10,7 +10,7 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 export CGO_CFLAGS ?= -O2 -g -Wno-deprecated-declarations
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test test-unit lint fmt bench bench-hub bench-remediation demo fuzz kube clean
+.PHONY: all build test test-unit lint fmt bench bench-hub bench-remediation demo fuzz kube clean generate generate-check bpf-deps vmlinux
 
 all: build
 
@@ -18,13 +18,30 @@ build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/ark
 
 ## test: every test, with the race detector, plus lint (what CI runs)
-test: lint kube
+test: lint kube bpf-deps generate-check
 	$(GO) test -race -count=1 $(PKGS)
 
 ## kube: build (once, cached in ~/.cache/ark) the real etcd, kube-apiserver
 ## and kube-controller-manager the remediation tests run against
 kube:
 	@hack/kube.sh >/dev/null
+
+## bpf-deps: clang, llvm, libbpf-dev, bpftool and nftables for the eBPF
+## probe's generation and tests (apt, as root; once)
+bpf-deps:
+	@hack/bpf-deps.sh
+
+## generate: rebuild the committed eBPF objects and Go bindings (bpf/)
+generate: bpf-deps
+	$(GO) generate ./bpf/
+
+## generate-check: regenerating the eBPF objects gives no diff
+generate-check: bpf-deps
+	@hack/bpf-generate-check.sh
+
+## vmlinux: dump this kernel's BTF as bpf/vmlinux.h (committed)
+vmlinux:
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > bpf/vmlinux.h
 
 ## test-unit: the fast inner loop
 test-unit:

@@ -124,6 +124,12 @@ const (
 	AttrPeer     = "peer"
 	AttrSeverity = "severity"
 	AttrReason   = "reason"
+	// On transport.bw: the direction of the bytes ("tx" or "rx"), and for a
+	// flow that stopped making progress (value 0) how long it has been
+	// stalled and whether the peer advertises a zero window.
+	AttrDirection    = "direction"
+	AttrStalledForMS = "stalled_for_ms"
+	AttrZeroWindow   = "zero_window"
 )
 
 // Event is one observation. Value keeps the text of the measurement as it was

@@ -74,6 +74,9 @@ func (g *Graph) apply(ev *event.Event) {
 		if r != proc {
 			g.use(proc, r, ts)
 		}
+		if IsFlowStall(ev) {
+			g.noteStall(proc, ev.Attrs.Get(event.AttrPeer), ts)
+		}
 	case event.TransportDrop:
 		if proc == nil {
 			g.stats.Ignored++
@@ -127,6 +130,9 @@ func (g *Graph) apply(ev *event.Event) {
 		}
 		if current && IsStuckState(ev.Value) && p.lastRes.alive() {
 			g.link(proc, p.lastRes, WaitsOn, ts)
+		}
+		if current && IsStuckState(ev.Value) {
+			g.stuckWithStalls(proc, ts)
 		}
 	case event.IntentRun:
 		if proc == nil || ev.JobID == "" {

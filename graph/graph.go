@@ -326,6 +326,7 @@ type procInfo struct {
 	stateTS    int64
 	lastRes    *node
 	lastUsed   int64
+	stalled    []stalledPeer // flows that stopped making progress (stall.go)
 }
 
 type resInfo struct {

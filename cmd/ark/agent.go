@@ -19,6 +19,7 @@ import (
 	_ "github.com/ark-gpu/ark/exporter/probes/kmsg"
 	_ "github.com/ark-gpu/ark/exporter/probes/nvml"
 	_ "github.com/ark-gpu/ark/exporter/probes/procfs"
+	_ "github.com/ark-gpu/ark/exporter/probes/tcpflow"
 )
 
 // probeOverrides replace registered probes' factories; a test build
