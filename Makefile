@@ -57,7 +57,7 @@ fmt:
 
 ## bench: the performance claims, on one core, then the agent's own
 ## CPU and RSS under a realistic load (BENCH_AGENT_SECS, default 30)
-BENCH_PKGS := ./event/ ./link/ ./graph/ ./hack/hubsim/ ./exporter/ ./exporter/probes/kmsg/
+BENCH_PKGS := ./event/ ./link/ ./graph/ ./hack/hubsim/ ./exporter/ ./exporter/probes/kmsg/ ./exporter/probes/jobs/
 BENCH_AGENT_SECS ?= 30
 bench: kube
 	$(GO) test -run '^$$' -bench . -benchmem -cpu 1 -benchtime 2s $(BENCH_PKGS)

@@ -130,6 +130,12 @@ const (
 	AttrDirection    = "direction"
 	AttrStalledForMS = "stalled_for_ms"
 	AttrZeroWindow   = "zero_window"
+	// AttrGPUs, on intent.run: the GPU indices the rank uses, comma
+	// separated ("0,1"); each becomes a Consumes edge to gpu-<index>.
+	AttrGPUs = "gpus"
+	// AttrLauncher, on intent.run: what placed the rank (torchrun, slurm,
+	// mpi, deepspeed, horovod, kubernetes).
+	AttrLauncher = "launcher"
 )
 
 // Event is one observation. Value keeps the text of the measurement as it was

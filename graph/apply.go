@@ -150,6 +150,17 @@ func (g *Graph) apply(ev *event.Event) {
 			proc.proc.addr = strings.Clone(a)
 			g.indexAddr(proc)
 		}
+		// The GPUs the rank was given: Consumes edges, so a fault on one
+		// reaches the ranks using it before any utilisation is reported.
+		// The rank's last-used resource is left alone: a stall still waits
+		// on what it last did.
+		for gpus := ev.Attrs.Get(event.AttrGPUs); gpus != ""; {
+			var idx string
+			idx, gpus, _ = strings.Cut(gpus, ",")
+			if isIndex(idx) {
+				g.link(proc, g.resource(h, "gpu-"+idx, ts), Consumes, ts)
+			}
+		}
 	case event.ErrorNet:
 		// A network error a process reports (an NCCL timeout, a
 		// retry-exceeded completion) is that process's trouble, often the
@@ -869,4 +880,17 @@ func (g *Graph) expire(now int64) (nodes, edges int) {
 	g.stats.ExpiredNodes += uint64(nodes)
 	g.stats.ExpiredEdges += uint64(edges)
 	return nodes, edges
+}
+
+// isIndex: a GPU index, digits only (not a UUID).
+func isIndex(s string) bool {
+	if s == "" || len(s) > 4 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return true
 }

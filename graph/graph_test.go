@@ -485,6 +485,26 @@ func TestProcessesAndPidReuse(t *testing.T) {
 	}
 }
 
+// A discovered rank's GPUs (attrs.gpus) are resources it consumes, so an
+// XID on one reaches the job with no per-process GPU metric at all.
+func TestIntentRunGPUsAreConsumed(t *testing.T) {
+	g := New(Options{})
+	g.Apply(&event.Event{TS: t0, Type: event.IntentRun, NodeID: "h", EntityID: "pid-5", PID: 5, JobID: "a", Value: "running",
+		Attrs: event.Attrs{{Key: event.AttrRank, Value: "0"}, {Key: event.AttrGPUs, Value: "1,3,GPU-0f1e2d3c"}}})
+	ps := g.Processes(ProcessFilter{Node: "h"})
+	if len(ps) != 1 || len(ps[0].Resources) != 2 || ps[0].Resources[0].ID != "h/gpu-1" || ps[0].Resources[1].ID != "h/gpu-3" ||
+		ps[0].Resources[0].Type != "Consumes" {
+		t.Fatalf("%+v, want Consumes gpu-1 and gpu-3 (the UUID left out)", ps)
+	}
+	g.Apply(&event.Event{TS: t0 + 1, Type: event.ErrorHW, NodeID: "h", EntityID: "gpu-3", Value: "Xid 79: GPU has fallen off the bus.",
+		Attrs: event.Attrs{{Key: event.AttrXID, Value: "79"}}})
+	g.Apply(&event.Event{TS: t0 + 2, Type: event.ProcessState, NodeID: "h", EntityID: "pid-5", PID: 5, JobID: "a", Value: "stalled"})
+	res := mustWhy(t, g, Target{JobID: "a"}, 0)
+	if len(res.Causes) == 0 || res.Causes[0].EntityID != "gpu-3" {
+		t.Fatalf("causes %+v, want gpu-3 first", res.Causes)
+	}
+}
+
 // Hosts' events arrive in any order: a wait on a peer whose rank is not
 // announced yet is remembered and linked when the announcement comes.
 func TestWaitOnAPeerAnnouncedLaterIsLinked(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 
 	// The probes register themselves.
 	_ "github.com/ark-gpu/ark/exporter/probes/execprobe"
+	_ "github.com/ark-gpu/ark/exporter/probes/jobs"
 	_ "github.com/ark-gpu/ark/exporter/probes/kmsg"
 	_ "github.com/ark-gpu/ark/exporter/probes/nvml"
 	_ "github.com/ark-gpu/ark/exporter/probes/procfs"

@@ -42,16 +42,22 @@ type testAgent struct {
 	stop   func()
 }
 
-func startTestAgent(t *testing.T) *testAgent {
+// startTestAgent runs an agent with no probe but jobs; opts adjust its
+// config.
+func startTestAgent(t *testing.T, opts ...func(*exporter.Config)) *testAgent {
 	t.Helper()
 	dir := t.TempDir()
 	ta := &testAgent{socket: filepath.Join(dir, "ark.sock"), audit: filepath.Join(dir, "audit.log")}
 	off := map[string]bool{"exec": false, "kmsg": false, "nvml": false, "procfs": false}
-	a, err := exporter.New(exporter.Config{
+	cfg := exporter.Config{
 		NodeName: "gpu-host-1", Enabled: off,
 		Paths:   probe.Paths{ProcFS: "/proc", SysFS: "/sys", DevKmsg: filepath.Join(dir, "no-kmsg"), PodResources: filepath.Join(dir, "no-kubelet.sock")},
 		Control: exporter.ControlConfig{Socket: ta.socket, Audit: audit.Config{Path: ta.audit}},
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	a, err := exporter.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,4 @@
+package jobs
+
+// supported: /proc has what the probe reads.
+const supported = true
