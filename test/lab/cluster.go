@@ -21,9 +21,10 @@ import (
 
 // Proc is a process the lab started, with its output kept.
 type Proc struct {
-	Name string
-	Cmd  *exec.Cmd
-	out  *Buffer
+	Name   string
+	Cmd    *exec.Cmd
+	out    *Buffer
+	inHost bool
 }
 
 // Output is what the process printed so far.
@@ -35,20 +36,43 @@ func (p *Proc) Signal(sig syscall.Signal) error {
 	return syscall.Kill(p.Cmd.Process.Pid, sig)
 }
 
-// Stop interrupts the process and kills it after a grace period.
+// Stop interrupts the process and kills it after a grace period. A process
+// started inside a host is nsenter's child: the interrupt goes to that
+// child, since nsenter forwards no signal.
 func (p *Proc) Stop() {
 	if p.Cmd.Process == nil {
 		return
 	}
-	_ = p.Cmd.Process.Signal(os.Interrupt)
+	target := p.Cmd.Process.Pid
+	if p.inHost {
+		if pid, err := childOf(target); err == nil {
+			target = pid
+		}
+	}
+	_ = syscall.Kill(target, syscall.SIGCONT)
+	_ = syscall.Kill(target, syscall.SIGINT)
 	done := make(chan struct{})
 	go func() { _ = p.Cmd.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
+		_ = syscall.Kill(target, syscall.SIGKILL)
 		_ = p.Cmd.Process.Kill()
 		<-done
 	}
+}
+
+// childOf returns the first child of pid.
+func childOf(pid int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	if err != nil {
+		return 0, err
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0, fmt.Errorf("lab: process %d has no child", pid)
+	}
+	return strconv.Atoi(f[0])
 }
 
 // Buffer is an output buffer safe for a child process and readers.
@@ -78,10 +102,12 @@ func (b *Buffer) String() string {
 func start(name string, cmd *exec.Cmd, tee io.Writer) (*Proc, error) {
 	out := &Buffer{tee: tee}
 	cmd.Stdout, cmd.Stderr = out, out
+	// A grandchild holding the output open must not keep Wait waiting.
+	cmd.WaitDelay = 5 * time.Second
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("lab: starting %s: %w", name, err)
 	}
-	return &Proc{Name: name, Cmd: cmd, out: out}, nil
+	return &Proc{Name: name, Cmd: cmd, out: out, inHost: filepath.Base(cmd.Path) == "nsenter"}, nil
 }
 
 // Hub is the control plane the lab's agents report to; it runs in the
@@ -124,8 +150,25 @@ type AgentOptions struct {
 	// Probes are enabled with --probe.<name>; every other default probe
 	// that needs hardware the lab lacks (nvml) is disabled.
 	Probes []string
+	// Config is the agent's config file (YAML); "" uses LabConfig.
+	Config string
 	// Extra flags.
 	Extra []string
+}
+
+// LabConfig is the agent config the lab runs with: job discovery matches
+// the lab's fake GPU device files, without Kubernetes; a rank counts as
+// stalled after 5 s without CPU (production waits 30 s), so a fault shows
+// within the 15 s the lab allows.
+func (h *Host) LabConfig() string {
+	return fmt.Sprintf(`probes:
+  jobs:
+    interval: 1s
+    kubernetes: "off"
+    device_prefix: %s
+  procfs:
+    stall_window: 5s
+`, filepath.Join(h.Dir, "dev", "nvidia"))
 }
 
 // KmsgPath is host h's kernel log: a FIFO the lab writes driver lines into,
@@ -166,7 +209,16 @@ func (l *Lab) StartAgent(ctx context.Context, ark string, h *Host, hub *Hub, o A
 	if err := h.prepare(8); err != nil {
 		return nil, err
 	}
+	cfg := o.Config
+	if cfg == "" {
+		cfg = h.LabConfig()
+	}
+	cfgFile := filepath.Join(h.Dir, "agent.yaml")
+	if err := os.WriteFile(cfgFile, []byte(cfg), 0o644); err != nil {
+		return nil, fmt.Errorf("lab: %w", err)
+	}
 	args := []string{"agent",
+		"--config.file", cfgFile,
 		"--node-name", h.Name,
 		"--web.listen-address", netip.AddrPortFrom(h.IP, 9464).String(),
 		"--hub.url", hub.URL,
@@ -313,17 +365,7 @@ func innerPID(nsenterPID int) (int, error) {
 
 // OuterPID is the rank's pid as the machine's root namespace sees it (the
 // one to signal).
-func (r *Rank) OuterPID() (int, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", r.Cmd.Process.Pid, r.Cmd.Process.Pid))
-	if err != nil {
-		return 0, err
-	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return 0, fmt.Errorf("lab: rank %d has exited", r.Rank)
-	}
-	return strconv.Atoi(f[0])
-}
+func (r *Rank) OuterPID() (int, error) { return childOf(r.Cmd.Process.Pid) }
 
 // Kill sends sig to the rank program itself (not to nsenter).
 func (r *Rank) Kill(sig syscall.Signal) error {
