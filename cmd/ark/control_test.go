@@ -47,11 +47,11 @@ type testAgent struct {
 // config.
 func startTestAgent(t *testing.T, opts ...func(*exporter.Config)) *testAgent {
 	t.Helper()
-	return startTestAgentAuditing(t, filepath.Join(t.TempDir(), "audit.log"))
+	return startTestAgentAuditing(t, filepath.Join(t.TempDir(), "audit.log"), opts...)
 }
 
 // startTestAgentAuditing starts a test agent whose audit log is auditPath.
-func startTestAgentAuditing(t *testing.T, auditPath string) *testAgent {
+func startTestAgentAuditing(t *testing.T, auditPath string, opts ...func(*exporter.Config)) *testAgent {
 	t.Helper()
 	dir := t.TempDir()
 	ta := &testAgent{socket: filepath.Join(dir, "ark.sock"), audit: auditPath}
