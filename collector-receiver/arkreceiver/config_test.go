@@ -8,12 +8,12 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/collector/component"
-	"go.opentelemetry.io/collector/confmap/confmaptest"
 	"go.opentelemetry.io/collector/confmap"
+	"go.opentelemetry.io/collector/confmap/confmaptest"
 
+	"github.com/ark-gpu/ark/collector-receiver/arkreceiver/internal/metadata"
 	"github.com/ark-gpu/ark/event"
 	"github.com/ark-gpu/ark/exporter/probes/execprobe"
-	"github.com/ark-gpu/ark/collector-receiver/arkreceiver/internal/metadata"
 )
 
 func TestLoadConfig(t *testing.T) {

@@ -20,7 +20,7 @@ const (
 // pid), so that a fault on a device can be sent once per job using it.
 type jobIndex struct {
 	mu    sync.Mutex
-	jobOf map[procKey]seen       // rank → its job
+	jobOf map[procKey]seen           // rank → its job
 	users map[devKey]map[int64]int64 // device → pid → last use (ms)
 }
 

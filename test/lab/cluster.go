@@ -383,8 +383,10 @@ func (h *Host) WriteKmsg(line string) error {
 	if err != nil {
 		return fmt.Errorf("lab: opening %s's kmsg: %w", h.Name, err)
 	}
-	defer f.Close()
 	_, err = f.WriteString(line + "\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
 	return err
 }
 
@@ -445,7 +447,7 @@ func GetJSON(ctx context.Context, url string, v any) error {
 	if err != nil {
 		return err
 	}
-	defer resp.Body.Close()
+	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return fmt.Errorf("%s: %s: %s", url, resp.Status, b)

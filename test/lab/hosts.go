@@ -153,7 +153,7 @@ func (l *Lab) startHost(ctx context.Context, i int) (*Host, error) {
 	}
 	ready := make([]byte, 6)
 	if _, err := out.Read(ready); err != nil || string(ready) != "ready\n" {
-		return nil, fmt.Errorf("lab: %s did not start: %q %v: %s", h.Name, ready, err, stderr.String())
+		return nil, fmt.Errorf("lab: %s did not start (%q): %w: %s", h.Name, ready, err, stderr.String())
 	}
 	pid := strconv.Itoa(cmd.Process.Pid)
 	peer := h.HostVeth + "p"

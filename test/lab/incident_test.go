@@ -51,7 +51,7 @@ type cluster struct {
 // an event by hand.
 var labProbes = []string{"tcpflow", "jobs", "procfs", "kmsg"}
 
-func startCluster(t *testing.T, ctx context.Context, hosts int) *cluster {
+func startCluster(ctx context.Context, t *testing.T, hosts int) *cluster {
 	t.Helper()
 	needRoot(t)
 	if _, err := os.Stat("/sys/kernel/btf/vmlinux"); err != nil {
@@ -91,7 +91,7 @@ func startCluster(t *testing.T, ctx context.Context, hosts int) *cluster {
 	return c
 }
 
-func (c *cluster) startJob(t *testing.T, ctx context.Context, o JobOptions) *Job {
+func (c *cluster) startJob(ctx context.Context, t *testing.T, o JobOptions) *Job {
 	t.Helper()
 	j, err := c.StartJob(ctx, rankBin, o)
 	if err != nil {
@@ -119,7 +119,7 @@ type psRank struct {
 
 // waitDiscovered waits until the hub lists every rank of j under its job
 // id with its rank, all found by the agents' own probes.
-func (c *cluster) waitDiscovered(t *testing.T, ctx context.Context, j *Job, jobID string) {
+func (c *cluster) waitDiscovered(ctx context.Context, t *testing.T, j *Job, jobID string) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	var last []psRank
@@ -172,7 +172,7 @@ func (c *cluster) why(ctx context.Context, jobID string) (whyAnswer, error) {
 
 // waitCause polls why for jobID until ok accepts the first cause, and
 // returns how long that took.
-func (c *cluster) waitCause(t *testing.T, ctx context.Context, jobID string, within time.Duration, ok func(cause) bool) time.Duration {
+func (c *cluster) waitCause(ctx context.Context, t *testing.T, jobID string, within time.Duration, ok func(cause) bool) time.Duration {
 	t.Helper()
 	start := time.Now()
 	var last whyAnswer
@@ -198,11 +198,11 @@ func (c *cluster) waitCause(t *testing.T, ctx context.Context, jobID string, wit
 func TestGPUFellOffTheBus(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	c := startCluster(t, ctx, 4)
-	sick := c.startJob(t, ctx, JobOptions{RunID: "lab-a", GPU: 0, Port: 29500})
-	healthy := c.startJob(t, ctx, JobOptions{RunID: "lab-b", GPU: 1, Port: 29600, StepInterval: 50 * time.Millisecond})
-	c.waitDiscovered(t, ctx, sick, "torchrun/lab-a")
-	c.waitDiscovered(t, ctx, healthy, "torchrun/lab-b")
+	c := startCluster(ctx, t, 4)
+	sick := c.startJob(ctx, t, JobOptions{RunID: "lab-a", GPU: 0, Port: 29500})
+	healthy := c.startJob(ctx, t, JobOptions{RunID: "lab-b", GPU: 1, Port: 29600, StepInterval: 50 * time.Millisecond})
+	c.waitDiscovered(ctx, t, sick, "torchrun/lab-a")
+	c.waitDiscovered(ctx, t, healthy, "torchrun/lab-b")
 	// Before the fault: no cause for either job.
 	for _, id := range []string{"torchrun/lab-a", "torchrun/lab-b"} {
 		if w, err := c.why(ctx, id); err != nil || len(w.Causes) > 0 {
@@ -217,7 +217,7 @@ func TestGPUFellOffTheBus(t *testing.T) {
 	if err := sick.Ranks[2].Kill(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
-	took := c.waitCause(t, ctx, "torchrun/lab-a", 15*time.Second, func(cs cause) bool {
+	took := c.waitCause(ctx, t, "torchrun/lab-a", 15*time.Second, func(cs cause) bool {
 		return cs.NodeID == h.Name && cs.EntityID == "gpu-0" && cs.XID == 79
 	})
 	t.Logf("why named %s/gpu-0 (XID 79) %s after the fault", h.Name, took.Round(time.Millisecond))
@@ -225,7 +225,7 @@ func TestGPUFellOffTheBus(t *testing.T) {
 	// The ring stalls behind the dead rank: once the others are stalled
 	// (no CPU for the lab's 5 s window) the rank sending to it is led there by its
 	// stalled flow (zero window), with no packet lost anywhere.
-	took = c.waitCause(t, ctx, "torchrun/lab-a", 30*time.Second, func(cs cause) bool {
+	took = c.waitCause(ctx, t, "torchrun/lab-a", 30*time.Second, func(cs cause) bool {
 		return cs.NodeID == h.Name && cs.EntityID == "gpu-0" && cs.AffectedRanks >= 2
 	})
 	t.Logf("a rank of another host reaches %s/gpu-0 through its stalled flow %s later", h.Name, took.Round(time.Millisecond))

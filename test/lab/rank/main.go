@@ -58,7 +58,7 @@ func main() {
 		if err != nil {
 			log.Fatalf("rank: opening the device: %v", err)
 		}
-		defer f.Close()
+		defer func() { _ = f.Close() }()
 	}
 
 	var steps atomic.Int64
@@ -98,7 +98,7 @@ func ring(peers []string, rank, world int) (next, prev net.Conn, err error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("rank %d: listening: %w", rank, err)
 	}
-	defer ln.Close()
+	defer func() { _ = ln.Close() }()
 	accepted := make(chan net.Conn, 1)
 	go func() {
 		c, err := ln.Accept()
