@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -107,7 +108,10 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestAgentFeedsGraphAndMetricsFromProbes(t *testing.T) {
-	now := time.UnixMilli(t0 + 5000)
+	// The agent reads its clock from its own goroutines (rule matches log
+	// with it), so the test moves it atomically.
+	var nowMS atomic.Int64
+	nowMS.Store(t0 + 5000)
 	evs := []event.Event{
 		{TS: t0, Type: event.IntentRun, EntityID: "pid-7", PID: 7, JobID: "j", Value: "running", Attrs: event.Attrs{{Key: "rank", Value: "0"}}},
 		{TS: t0 + 1000, Type: event.ComputeUtil, EntityID: "gpu-0", PID: 7, JobID: "j", Value: "97"},
@@ -116,8 +120,8 @@ func TestAgentFeedsGraphAndMetricsFromProbes(t *testing.T) {
 		{TS: t0 + 2000, Type: event.ComputeUtil, Value: "1"},
 	}
 	a, stop := startAgent(t, Config{
-		NodeName: "gpu-host-1", ListenAddress: "127.0.0.1:0", Now: func() time.Time { return now },
-		Enabled:   map[string]bool{"procfs": false},
+		NodeName: "gpu-host-1", ListenAddress: "127.0.0.1:0", Now: func() time.Time { return time.UnixMilli(nowMS.Load()) },
+		Enabled:   map[string]bool{"procfs": false, "jobs": false, "tcpflow": false},
 		Factories: map[string]probe.Factory{},
 	})
 	defer stop()
@@ -147,7 +151,7 @@ func TestAgentFeedsGraphAndMetricsFromProbes(t *testing.T) {
 		}
 	}
 	// Series of a process leave once it has been quiet for the TTL.
-	now = now.Add(10 * time.Minute)
+	nowMS.Add((10 * time.Minute).Milliseconds())
 	if body := scrape(t, a); strings.Contains(body, `ark_process_resource_usage{`) {
 		t.Error("an expired pid must leave ark_process_resource_usage")
 	}
